@@ -1,0 +1,2 @@
+//! tooldb-node: a Tool Db-compatible server.
+pub mod crypto;
