@@ -1,2 +1,4 @@
 //! tooldb-node: a Tool Db-compatible server.
+pub mod crdt;
 pub mod crypto;
+pub mod record;
