@@ -1,4 +1,6 @@
 //! tooldb-node: a Tool Db-compatible server.
 pub mod crdt;
 pub mod crypto;
+pub mod messages;
+pub mod peer;
 pub mod record;

@@ -1,0 +1,281 @@
+//! The Tool Db wire protocol's messages (PROTOCOL.md). One JSON object per
+//! text frame, tagged by `type`.
+//!
+//! Parsing is two-step (read `type`, then the variant's struct) because
+//! serde's internally tagged enums buffer their content, which loses the
+//! raw text of records that we must hash and forward unchanged.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::record::Record;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum WireMessage {
+    Ping(Ping),
+    Pong(Pong),
+    Get(KeyRequest),
+    Put(PutData),
+    Subscribe(KeyRequest),
+    Query(KeyRequest),
+    QueryAck(QueryAck),
+    CrdtPut(PutData),
+    CrdtGet(KeyRequest),
+    Function(FunctionCall),
+    FunctionReturn(FunctionReturn),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ping {
+    pub id: String,
+    #[serde(default)]
+    pub to: Vec<String>,
+    #[serde(default)]
+    pub client_id: String,
+    #[serde(default)]
+    pub is_server: bool,
+    /// Kept loose: a client ping with a bad record is still served.
+    #[serde(default)]
+    pub peer: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pong {
+    pub id: String,
+    #[serde(default)]
+    pub to: Vec<String>,
+    #[serde(default)]
+    pub client_id: String,
+    #[serde(default)]
+    pub is_server: bool,
+    /// Kept loose: each listed record is verified on its own, bad ones dropped.
+    #[serde(default)]
+    pub servers: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRequest {
+    pub id: String,
+    #[serde(default)]
+    pub to: Vec<String>,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutData {
+    pub id: String,
+    #[serde(default)]
+    pub to: Vec<String>,
+    pub data: Record,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueryAck {
+    pub id: String,
+    #[serde(default)]
+    pub to: Vec<String>,
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub id: String,
+    #[serde(default)]
+    pub to: Vec<String>,
+    pub function: String,
+    #[serde(default)]
+    pub args: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionReturn {
+    pub id: String,
+    #[serde(default)]
+    pub to: Vec<String>,
+    pub code: String,
+    #[serde(rename = "return", default)]
+    pub value: Value,
+}
+
+/// Why a frame is not a message we handle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("frame is not a JSON object: {0}")]
+    NotJson(String),
+    #[error("message has no string `type`")]
+    NoType,
+    /// Not an error of the sender: extensions use new types (ignored).
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    #[error("bad {kind} message: {reason}")]
+    Invalid { kind: String, reason: String },
+}
+
+#[derive(Deserialize)]
+struct TypeOnly<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl WireMessage {
+    pub fn parse(text: &str) -> Result<WireMessage, WireError> {
+        let head: TypeOnly =
+            serde_json::from_str(text).map_err(|e| WireError::NotJson(e.to_string()))?;
+        let kind = head.kind.ok_or(WireError::NoType)?;
+        fn body<T: for<'de> Deserialize<'de>>(kind: &str, text: &str) -> Result<T, WireError> {
+            serde_json::from_str(text).map_err(|e| WireError::Invalid {
+                kind: kind.to_owned(),
+                reason: e.to_string(),
+            })
+        }
+        Ok(match kind.as_ref() {
+            "ping" => WireMessage::Ping(body(&kind, text)?),
+            "pong" => WireMessage::Pong(body(&kind, text)?),
+            "get" => WireMessage::Get(body(&kind, text)?),
+            "put" => WireMessage::Put(body(&kind, text)?),
+            "subscribe" => WireMessage::Subscribe(body(&kind, text)?),
+            "query" => WireMessage::Query(body(&kind, text)?),
+            "queryAck" => WireMessage::QueryAck(body(&kind, text)?),
+            "crdtPut" => WireMessage::CrdtPut(body(&kind, text)?),
+            "crdtGet" => WireMessage::CrdtGet(body(&kind, text)?),
+            "function" => WireMessage::Function(body(&kind, text)?),
+            "functionReturn" => WireMessage::FunctionReturn(body(&kind, text)?),
+            other => return Err(WireError::UnknownType(other.to_owned())),
+        })
+    }
+
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).expect("wire messages serialise")
+    }
+
+    /// The wire name of the type, for dedupe and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WireMessage::Ping(_) => "ping",
+            WireMessage::Pong(_) => "pong",
+            WireMessage::Get(_) => "get",
+            WireMessage::Put(_) => "put",
+            WireMessage::Subscribe(_) => "subscribe",
+            WireMessage::Query(_) => "query",
+            WireMessage::QueryAck(_) => "queryAck",
+            WireMessage::CrdtPut(_) => "crdtPut",
+            WireMessage::CrdtGet(_) => "crdtGet",
+            WireMessage::Function(_) => "function",
+            WireMessage::FunctionReturn(_) => "functionReturn",
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            WireMessage::Ping(m) => &m.id,
+            WireMessage::Pong(m) => &m.id,
+            WireMessage::Get(m)
+            | WireMessage::Subscribe(m)
+            | WireMessage::Query(m)
+            | WireMessage::CrdtGet(m) => &m.id,
+            WireMessage::Put(m) | WireMessage::CrdtPut(m) => &m.id,
+            WireMessage::QueryAck(m) => &m.id,
+            WireMessage::Function(m) => &m.id,
+            WireMessage::FunctionReturn(m) => &m.id,
+        }
+    }
+
+    pub fn to_list(&self) -> &[String] {
+        match self {
+            WireMessage::Ping(m) => &m.to,
+            WireMessage::Pong(m) => &m.to,
+            WireMessage::Get(m)
+            | WireMessage::Subscribe(m)
+            | WireMessage::Query(m)
+            | WireMessage::CrdtGet(m) => &m.to,
+            WireMessage::Put(m) | WireMessage::CrdtPut(m) => &m.to,
+            WireMessage::QueryAck(m) => &m.to,
+            WireMessage::Function(m) => &m.to,
+            WireMessage::FunctionReturn(m) => &m.to,
+        }
+    }
+
+    pub fn set_to(&mut self, to: Vec<String>) {
+        match self {
+            WireMessage::Ping(m) => m.to = to,
+            WireMessage::Pong(m) => m.to = to,
+            WireMessage::Get(m)
+            | WireMessage::Subscribe(m)
+            | WireMessage::Query(m)
+            | WireMessage::CrdtGet(m) => m.to = to,
+            WireMessage::Put(m) | WireMessage::CrdtPut(m) => m.to = to,
+            WireMessage::QueryAck(m) => m.to = to,
+            WireMessage::Function(m) => m.to = to,
+            WireMessage::FunctionReturn(m) => m.to = to,
+        }
+    }
+}
+
+/// A random message id as Tool Db makes them: 10 alphanumerics.
+pub fn new_message_id() -> String {
+    use rand::distributions::Alphanumeric;
+    use rand::Rng;
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(10)
+        .map(char::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_keeps_the_record_text_through_a_round_trip() {
+        let rec = r#"{"k":"x","a":"A","n":0,"t":1,"h":"h","s":"s","v":{"z":1,"a":[2]},"c":null}"#;
+        let text = format!(r#"{{"type":"put","id":"abc","to":["q"],"data":{rec}}}"#);
+        let msg = WireMessage::parse(&text).unwrap();
+        assert_eq!(msg.kind(), "put");
+        assert_eq!(msg.to_text(), text);
+    }
+
+    #[test]
+    fn parse_errors_say_what_is_wrong() {
+        assert!(matches!(
+            WireMessage::parse("nope"),
+            Err(WireError::NotJson(_))
+        ));
+        assert!(matches!(
+            WireMessage::parse("[1,2]"),
+            Err(WireError::NotJson(_))
+        ));
+        assert_eq!(
+            WireMessage::parse(r#"{"id":"x"}"#).unwrap_err(),
+            WireError::NoType
+        );
+        assert_eq!(
+            WireMessage::parse(r#"{"type":"reconcile","id":"x"}"#).unwrap_err(),
+            WireError::UnknownType("reconcile".into())
+        );
+        let err = WireMessage::parse(r#"{"type":"get","id":"x"}"#).unwrap_err();
+        assert!(
+            matches!(&err, WireError::Invalid { kind, reason } if kind == "get" && reason.contains("key"))
+        );
+        let err = WireMessage::parse(r#"{"type":"get","id":"x","key":5}"#).unwrap_err();
+        assert!(matches!(err, WireError::Invalid { .. }));
+        let err = WireMessage::parse(r#"{"type":"put","id":"x","data":{"k":"a"}}"#).unwrap_err();
+        assert!(
+            matches!(&err, WireError::Invalid { reason, .. } if reason.contains("missing field")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn camel_case_fields_on_the_wire() {
+        let text =
+            r#"{"type":"pong","id":"p","to":["s"],"clientId":"c","isServer":true,"servers":[]}"#;
+        let msg = WireMessage::parse(text).unwrap();
+        assert_eq!(msg.to_text(), text);
+        let f = r#"{"type":"functionReturn","id":"f","to":[],"code":"OK","return":[1]}"#;
+        assert_eq!(WireMessage::parse(f).unwrap().to_text(), f);
+    }
+}
