@@ -1,4 +1,6 @@
 //! tooldb-node: a Tool Db-compatible server.
+pub mod bounded;
+pub mod config;
 pub mod crdt;
 pub mod crypto;
 pub mod messages;

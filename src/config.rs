@@ -1,0 +1,222 @@
+//! Configuration: code defaults, then the `--config` TOML file, then
+//! `TOOLDB_*` environment variables (nested keys joined by `__`, e.g.
+//! `TOOLDB_LIMITS__MAX_FRAME_BYTES`), then command-line flags.
+//! `config/default.toml` documents every key; a test keeps it equal to the
+//! defaults here.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::KeyScheme;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// DHT topic, and the topic every peer record must name.
+    pub topic: String,
+    /// Address the websocket/HTTP listener binds.
+    pub host: String,
+    pub port: u16,
+    /// Host put in our signed peer record; empty = `host` unless that is a
+    /// wildcard, then what the DHT reports, else 127.0.0.1.
+    pub public_host: String,
+    pub data_dir: PathBuf,
+    /// Servers dialed at start and kept (HOST:PORT).
+    pub peers: Vec<String>,
+    /// DHT bootstrap nodes; empty = the public Mainline bootstrap nodes.
+    pub dht_bootstrap: Vec<String>,
+    pub no_dht: bool,
+    /// Proof of work: leading zeros required in a record's hash (0 = off).
+    pub pow: u32,
+    /// The node's own key type: "secp256k1" or "p256".
+    pub key_scheme: KeyScheme,
+    pub limits: Limits,
+    pub peering: Peering,
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest websocket frame accepted; bigger ones close the socket.
+    pub max_frame_bytes: usize,
+    /// Sustained messages per second one socket may send.
+    pub messages_per_second: u32,
+    /// Burst above the sustained rate before a socket counts as flooding.
+    pub message_burst: u32,
+    /// Malformed frames (non-JSON, missing fields) tolerated per socket.
+    pub max_bad_frames: u32,
+    /// Records failing verification tolerated per socket.
+    pub max_invalid_records: u32,
+    /// Frames held per socket while its ping is being verified.
+    pub handshake_queue: usize,
+    /// How old (or how far ahead) a ping's peer record may be, in ms.
+    pub ping_window_ms: u64,
+    /// (type, id) pairs remembered to drop repeats.
+    pub processed_ids: usize,
+    /// Record hashes remembered per client so none is sent to it twice.
+    pub sent_hashes_per_client: usize,
+    /// How long a relayed get/query waits for answers to pass back, in ms.
+    pub pending_request_ms: u64,
+    /// How long a disconnected client keeps its subscriptions, in seconds.
+    pub subscription_grace_secs: u64,
+    /// Most keys one queryAck lists.
+    pub query_max_keys: usize,
+    /// A socket silent this long (no frame, no pong) is closed, in seconds.
+    pub idle_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Peering {
+    /// First reconnect delay after a peer connection fails, in ms.
+    pub backoff_initial_ms: u64,
+    /// Cap of the exponential reconnect delay, in ms.
+    pub backoff_max_ms: u64,
+    /// How long a dial may take before it counts as failed, in ms.
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Flush to disk before a write is visible to anyone (survives kill -9).
+    pub sync_writes: bool,
+    /// Storage worker threads sharing the one sled database.
+    pub threads: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            topic: "tool-db-default".into(),
+            host: "0.0.0.0".into(),
+            port: 9000,
+            public_host: String::new(),
+            data_dir: PathBuf::from("./data"),
+            peers: vec![],
+            dht_bootstrap: vec![],
+            no_dht: false,
+            pow: 0,
+            key_scheme: KeyScheme::Secp256k1,
+            limits: Limits::default(),
+            peering: Peering::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 1024 * 1024,
+            messages_per_second: 1000,
+            message_burst: 2000,
+            max_bad_frames: 16,
+            max_invalid_records: 64,
+            handshake_queue: 256,
+            ping_window_ms: 10 * 60 * 1000,
+            processed_ids: 100_000,
+            sent_hashes_per_client: 10_000,
+            pending_request_ms: 30_000,
+            subscription_grace_secs: 3600,
+            query_max_keys: 100_000,
+            idle_timeout_secs: 90,
+        }
+    }
+}
+
+impl Default for Peering {
+    fn default() -> Self {
+        Peering {
+            backoff_initial_ms: 500,
+            backoff_max_ms: 30_000,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            sync_writes: true,
+            threads: 2,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+impl Config {
+    /// Defaults, then `file`, then `TOOLDB_*` variables. Flags are applied by
+    /// the caller on the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::figment(file, Env::prefixed("TOOLDB_").split("__"))
+            .extract()
+            .map_err(|e| ConfigError(Box::new(e)))
+    }
+
+    fn figment(file: Option<&Path>, env: Env) -> Figment {
+        let mut f = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            f = f.merge(Toml::file_exact(path));
+        }
+        f.merge(env)
+    }
+
+    /// The host to put in our signed peer record.
+    pub fn advertised_host(&self) -> String {
+        if !self.public_host.is_empty() {
+            self.public_host.clone()
+        } else if self.host != "0.0.0.0" && self.host != "::" {
+            self.host.clone()
+        } else {
+            "127.0.0.1".into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_documents_exactly_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+        let from_file: Config = Figment::from(Toml::file_exact(&path)).extract().unwrap();
+        assert_eq!(from_file, Config::default());
+    }
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "port = 7000\ntopic = \"file\"\n[limits]\nmax_frame_bytes = 10\n",
+            )?;
+            jail.set_env("TOOLDB_TOPIC", "env");
+            jail.set_env("TOOLDB_LIMITS__MAX_BAD_FRAMES", "3");
+            let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.port, 7000);
+            assert_eq!(c.topic, "env");
+            assert_eq!(c.limits.max_frame_bytes, 10);
+            assert_eq!(c.limits.max_bad_frames, 3);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "prot = 7000\n")?;
+            let err = Config::load(Some(Path::new("c.toml"))).unwrap_err();
+            assert!(err.to_string().contains("prot"), "{err}");
+            Ok(())
+        });
+    }
+}
