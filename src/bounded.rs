@@ -89,6 +89,11 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
             .map(|(_, v)| v)
     }
 
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        // Its queue entry stays until it expires; prune skips it then.
+        self.map.remove(key).map(|(_, v)| v)
+    }
+
     pub fn prune(&mut self, now: Instant) {
         while let Some((deadline, _)) = self.order.front() {
             if *deadline > now {

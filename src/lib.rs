@@ -1,4 +1,5 @@
 //! tooldb-node: a Tool Db-compatible server.
+pub mod actors;
 pub mod bounded;
 pub mod config;
 pub mod crdt;
@@ -6,3 +7,4 @@ pub mod crypto;
 pub mod messages;
 pub mod peer;
 pub mod record;
+pub mod server;

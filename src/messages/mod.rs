@@ -1,3 +1,7 @@
 //! Typed messages: the wire protocol (`wire`), and actor messages grouped by
 //! the actor that receives them.
+pub mod connection;
+pub mod crypto;
+pub mod hub;
+pub mod storage;
 pub mod wire;

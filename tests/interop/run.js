@@ -61,6 +61,7 @@ options:
   --topic T         Tool Db topic (default tool-db-default)
   --user ecdsa|web3 user adapter of the harness clients (default ecdsa)
   --frames          include every raw frame in the JSON output
+  --keep-dir        keep the JS server's leveldb temp dir (removed at exit by default)
   --quiet           do not log frames to stderr       --debug   tool-db debug logging`;
 
 const args = parseArgs(process.argv.slice(2));
@@ -108,6 +109,7 @@ function frameLogger(label) {
 // ---------------------------------------------------------------- clients
 const instances = [];
 const timeouts = [];
+const tmpDirs = [];
 
 function parseValue(v) {
   if (v === undefined || v === true) return undefined;
@@ -215,6 +217,7 @@ function sendRawPut(db, data, type = "put") {
 // ---------------------------------------------------------------- JS server
 async function startJsServer(port, peerUrl, label = "jsserver") {
   const dir = makeTmpDir("tooldb-js-server-");
+  if (!args["keep-dir"]) tmpDirs.push(dir);
   process.chdir(dir); // leveldb-store also creates "_____peer_<storageName>" relative to cwd
   const db = new ToolDb({
     server: true,
@@ -499,6 +502,7 @@ scenarios["js-server-only"] = async (server) => {
     process.once("SIGTERM", resolve);
     process.once("SIGINT", resolve);
   });
+  log("js-server-only: signal received, closing");
   return null;
 };
 
@@ -564,6 +568,14 @@ async function main() {
     try {
       await withDeadline(db.network.close(), 2000, null);
       await withDeadline(db.close(), 2000, null);
+    } catch (e) {
+      /* ignore */
+    }
+  }
+  process.chdir(__dirname);
+  for (const d of tmpDirs) {
+    try {
+      require("fs").rmSync(d, { recursive: true, force: true });
     } catch (e) {
       /* ignore */
     }

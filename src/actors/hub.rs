@@ -1,0 +1,734 @@
+//! `Hub`: the protocol. One per node, on the system arbiter; the server
+//! creates it and every connection holds its address.
+//!
+//! Holds: identified connections (by local id and by client id), the
+//! subscriptions by key (so a put costs the same however many clients are
+//! connected), the bounded processed-id and sent-hash memories, pending
+//! relayed requests, and the verified servers known.
+//! Receives `ConnectionIdentified`, `FrameReceived`, `ConnectionClosed`,
+//! `GetSelfPeer`, `GetPeers`. Sends frames to connections through their
+//! `ConnHandle`; verification goes to `Crypto` and storage to `Storage`
+//! as futures, so no handler waits on slow work.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde_json::{json, Value};
+
+use crate::actors::crypto::Crypto;
+use crate::actors::storage::Storage;
+use crate::bounded::{BoundedSet, ExpiringMap};
+use crate::config::Limits;
+use crate::crypto::sha256_hex;
+use crate::messages::connection::{CloseConnection, ConnHandle, SendFrame};
+use crate::messages::crypto::{SignPeer, VerifyRecord, VerifyServers};
+use crate::messages::hub::*;
+use crate::messages::storage::*;
+use crate::messages::wire::*;
+use crate::peer::Peer;
+use crate::record::{Record, RecordError};
+
+/// How often expired requests and long-gone clients are cleaned up.
+const CLEANUP_EVERY: Duration = Duration::from_secs(30);
+/// Most pending relayed requests remembered at once.
+const MAX_PENDING: usize = 100_000;
+
+/// What the hub needs to know about its own node.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub topic: String,
+    pub address: String,
+    pub client_id: String,
+    pub host: String,
+    pub port: u16,
+    pub pow: u32,
+    pub limits: Limits,
+}
+
+struct Conn {
+    handle: ConnHandle,
+    client_id: String,
+    is_server: bool,
+    outbound: bool,
+    invalid_records: u32,
+}
+
+struct KnownServer {
+    peer: Peer,
+}
+
+/// A server function: gets the hub's view and the call's `args`.
+pub type ServerFunction = fn(&Hub, &Value) -> Result<Value, String>;
+
+pub struct Hub {
+    settings: HubSettings,
+    storage: Addr<Storage>,
+    crypto: Addr<Crypto>,
+    self_peer: Peer,
+    conns: HashMap<ConnId, Conn>,
+    by_client: HashMap<String, ConnId>,
+    subs: HashMap<String, HashSet<String>>,
+    subs_by_client: HashMap<String, HashSet<String>>,
+    gone_since: HashMap<String, Instant>,
+    processed: BoundedSet<(&'static str, String)>,
+    sent: HashMap<String, BoundedSet<String>>,
+    /// Relayed get/crdtGet id → who asked, and the answer type it awaits.
+    pending: ExpiringMap<String, Pending>,
+    servers: HashMap<String, KnownServer>,
+    functions: HashMap<&'static str, ServerFunction>,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    requester: String,
+    /// A Tool Db client resolves `getData` only with a `put` and
+    /// `getCrdt` only with a `crdtPut`; any other type with the id hangs it.
+    answer_kind: &'static str,
+}
+
+enum PutResult {
+    Invalid(RecordError),
+    Stored(StoreOutcome),
+    Merged(CrdtOutcome, Record),
+    Failed(String),
+}
+
+impl Hub {
+    pub fn new(
+        settings: HubSettings,
+        storage: Addr<Storage>,
+        crypto: Addr<Crypto>,
+        self_peer: Peer,
+    ) -> Self {
+        let processed = BoundedSet::new(settings.limits.processed_ids);
+        let mut functions: HashMap<&'static str, ServerFunction> = HashMap::new();
+        functions.insert("peers", fn_peers);
+        Hub {
+            settings,
+            storage,
+            crypto,
+            self_peer,
+            conns: HashMap::new(),
+            by_client: HashMap::new(),
+            subs: HashMap::new(),
+            subs_by_client: HashMap::new(),
+            gone_since: HashMap::new(),
+            processed,
+            sent: HashMap::new(),
+            pending: ExpiringMap::new(MAX_PENDING),
+            servers: HashMap::new(),
+            functions,
+        }
+    }
+
+    fn send_to_conn(&self, conn: ConnId, text: Arc<str>) {
+        if let Some(c) = self.conns.get(&conn) {
+            // Losing a frame to a socket that is closing is acceptable.
+            c.handle.send.do_send(SendFrame { text });
+        }
+    }
+
+    fn send_to_client(&self, client: &str, text: Arc<str>) -> bool {
+        match self.by_client.get(client) {
+            Some(conn) => {
+                self.send_to_conn(*conn, text);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Remembers that `hash` went to `client`; false if it already had.
+    fn mark_sent(&mut self, client: &str, hash: &str) -> bool {
+        let cap = self.settings.limits.sent_hashes_per_client;
+        self.sent
+            .entry(client.to_owned())
+            .or_insert_with(|| BoundedSet::new(cap))
+            .insert(hash.to_owned())
+    }
+
+    fn own_to(&self) -> Vec<String> {
+        vec![self.settings.client_id.clone()]
+    }
+
+    /// Client ids of connected, verified servers (one per server).
+    fn server_clients(&self) -> Vec<String> {
+        self.by_client
+            .iter()
+            .filter(|(_, c)| self.conns.get(c).is_some_and(|c| c.is_server))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// The `to` list of a relayed message: who saw it, plus the sender and us.
+    fn relay_to(&self, to: &[String], sender: &str) -> Vec<String> {
+        let mut out = to.to_vec();
+        for id in [sender, self.settings.client_id.as_str()] {
+            if !out.iter().any(|x| x == id) {
+                out.push(id.to_owned());
+            }
+        }
+        out
+    }
+
+    fn relay_to_servers(&mut self, msg: &WireMessage, sender: &str, dedupe_hash: Option<&str>) {
+        let mut relayed = msg.clone();
+        relayed.set_to(self.relay_to(msg.to_list(), sender));
+        let text: Arc<str> = relayed.to_text().into();
+        for server in self.server_clients() {
+            if server == sender || msg.to_list().contains(&server) {
+                continue;
+            }
+            if let Some(h) = dedupe_hash {
+                if !self.mark_sent(&server, h) {
+                    continue;
+                }
+            }
+            self.send_to_client(&server, text.clone());
+        }
+    }
+
+    /// Pushes a winning record to every subscriber of its key, each push
+    /// with a fresh id (a Tool Db client drops repeats of one (type, id)).
+    fn push_to_subscribers(&mut self, record: &Record, kind: &str, skip: &[String], dedupe: &str) {
+        let Some(subs) = self.subs.get(&record.key) else {
+            return;
+        };
+        let targets: Vec<String> = subs
+            .iter()
+            .filter(|c| !skip.contains(c) && self.by_client.contains_key(*c))
+            .cloned()
+            .collect();
+        for client in targets {
+            if !self.mark_sent(&client, dedupe) {
+                continue;
+            }
+            let text = record_frame(kind, &new_message_id(), self.own_to(), record);
+            self.send_to_client(&client, text.into());
+        }
+    }
+
+    fn answer_pending(&mut self, id: &str, record: &Record) {
+        let now = Instant::now();
+        let Some(Pending {
+            requester,
+            answer_kind,
+        }) = self.pending.get(&id.to_owned(), now).cloned()
+        else {
+            return;
+        };
+        self.pending.remove(&id.to_owned());
+        let text = record_frame(answer_kind, id, self.own_to(), record);
+        self.mark_sent(&requester, &record.hash);
+        if !self.send_to_client(&requester, text.into()) {
+            tracing::debug!(client = %requester, key = %record.key, "asker left before its answer came");
+        }
+    }
+
+    fn record_invalid(&mut self, conn: ConnId, err: &RecordError) {
+        let max = self.settings.limits.max_invalid_records;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.invalid_records += 1;
+        if c.invalid_records == 1 {
+            tracing::info!(client = %c.client_id, error = %err, "refused a record");
+        } else {
+            tracing::debug!(client = %c.client_id, error = %err, "refused a record");
+        }
+        if c.invalid_records > max {
+            tracing::warn!(client = %c.client_id, count = c.invalid_records, "closing: too many invalid records");
+            c.handle.close.do_send(CloseConnection {
+                reason: format!("more than {max} records failed verification"),
+            });
+        }
+    }
+
+    fn send_pong(&self, conn: ConnId, ping_id: &str) {
+        let mut servers = vec![serde_json::to_value(&self.self_peer).expect("peer serialises")];
+        servers.extend(
+            self.servers
+                .values()
+                .map(|s| serde_json::to_value(&s.peer).expect("peer serialises")),
+        );
+        let pong = WireMessage::Pong(Pong {
+            id: ping_id.to_owned(),
+            to: self.own_to(),
+            client_id: self.settings.client_id.clone(),
+            is_server: true,
+            servers,
+        });
+        self.send_to_conn(conn, pong.to_text().into());
+    }
+
+    fn learn_server(&mut self, peer: Peer) {
+        if peer.address == self.settings.address || peer.topic != self.settings.topic {
+            return;
+        }
+        match self.servers.get_mut(&peer.address) {
+            Some(known) if known.peer.timestamp >= peer.timestamp => {}
+            Some(known) => known.peer = peer,
+            None => {
+                tracing::info!(address = %peer.address, host = %peer.host, port = peer.port, "learned of a server");
+                self.servers
+                    .insert(peer.address.clone(), KnownServer { peer });
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> PeersSnapshot {
+        let connected_servers: HashSet<&String> = self.server_clients_ref();
+        let mut servers: Vec<ServerEntry> = self
+            .servers
+            .values()
+            .map(|s| {
+                let cid = s.peer.client_id().to_owned();
+                let state = if connected_servers.contains(&cid) {
+                    "connected"
+                } else {
+                    "discovered"
+                };
+                ServerEntry {
+                    peer: s.peer.clone(),
+                    client_id: cid,
+                    state,
+                }
+            })
+            .collect();
+        servers.sort_by(|a, b| a.peer.address.cmp(&b.peer.address));
+        let mut connected: Vec<String> = self.by_client.keys().cloned().collect();
+        connected.sort();
+        PeersSnapshot {
+            self_peer: self.self_peer.clone(),
+            servers,
+            connected,
+        }
+    }
+
+    fn server_clients_ref(&self) -> HashSet<&String> {
+        self.by_client
+            .iter()
+            .filter(|(_, c)| self.conns.get(c).is_some_and(|c| c.is_server))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    fn cleanup(&mut self) {
+        let now = Instant::now();
+        self.pending.prune(now);
+        let grace = Duration::from_secs(self.settings.limits.subscription_grace_secs);
+        let expired: Vec<String> = self
+            .gone_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= grace)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for client in expired {
+            self.gone_since.remove(&client);
+            self.sent.remove(&client);
+            if let Some(keys) = self.subs_by_client.remove(&client) {
+                for key in keys {
+                    if let Some(set) = self.subs.get_mut(&key) {
+                        set.remove(&client);
+                        if set.is_empty() {
+                            self.subs.remove(&key);
+                        }
+                    }
+                }
+            }
+            tracing::debug!(client = %client, "forgot a client gone past the grace period");
+        }
+    }
+
+    fn on_put(
+        &mut self,
+        conn: ConnId,
+        sender: String,
+        put: PutData,
+        crdt: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let crypto = self.crypto.clone();
+        let storage = self.storage.clone();
+        let pow = self.settings.pow;
+        let PutData { id, to, data } = put;
+        if crdt != data.crdt.is_some() {
+            self.record_invalid(
+                conn,
+                &RecordError::InvalidData(format!(
+                    "{} carries a record with c = {:?}",
+                    if crdt { "crdtPut" } else { "put" },
+                    data.crdt
+                )),
+            );
+            return;
+        }
+        let fut = async move {
+            let record = match crypto.send(VerifyRecord { record: data, pow }).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return PutResult::Invalid(e),
+                Err(e) => return PutResult::Failed(format!("crypto pool: {e}")),
+            };
+            if crdt {
+                match storage
+                    .send(MergeCrdt {
+                        record: record.clone(),
+                    })
+                    .await
+                {
+                    Ok(Ok(o)) => PutResult::Merged(o, record),
+                    Ok(Err(e)) => PutResult::Failed(e.to_string()),
+                    Err(e) => PutResult::Failed(format!("storage pool: {e}")),
+                }
+            } else {
+                match storage.send(StoreRecord { record }).await {
+                    Ok(Ok(o)) => PutResult::Stored(o),
+                    Ok(Err(e)) => PutResult::Failed(e.to_string()),
+                    Err(e) => PutResult::Failed(format!("storage pool: {e}")),
+                }
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, _| match res {
+            PutResult::Invalid(e) => act.record_invalid(conn, &e),
+            PutResult::Stored(StoreOutcome::Won(record)) => {
+                let skip = act.relay_to(&to, &sender);
+                act.push_to_subscribers(&record, "put", &skip, &record.hash.clone());
+                act.answer_pending(&id, &record);
+                let relay = WireMessage::Put(PutData {
+                    id,
+                    to,
+                    data: record.clone(),
+                });
+                act.relay_to_servers(&relay, &sender, Some(&record.hash));
+            }
+            PutResult::Stored(StoreOutcome::Lost { current }) => {
+                act.answer_pending(&id, &current);
+            }
+            PutResult::Stored(StoreOutcome::Refused(e)) => {
+                tracing::debug!(client = %sender, error = %e, "refused a write to a frozen key");
+            }
+            PutResult::Merged(CrdtOutcome::Merged(merged), incoming) => {
+                let skip = act.relay_to(&to, &sender);
+                // The merged text changes while its hash may not: dedupe on the text.
+                let digest = sha256_hex(merged.raw().as_bytes());
+                act.push_to_subscribers(&merged, "crdtPut", &skip, &digest);
+                act.answer_pending(&id, &merged);
+                let relay = WireMessage::CrdtPut(PutData {
+                    id,
+                    to,
+                    data: incoming,
+                });
+                let relay_digest = sha256_hex(relay.to_text().as_bytes());
+                act.relay_to_servers(&relay, &sender, Some(&relay_digest));
+            }
+            PutResult::Merged(CrdtOutcome::Unchanged { current }, _) => {
+                act.answer_pending(&id, &current);
+            }
+            PutResult::Failed(e) => {
+                tracing::error!(error = %e, "could not store a verified record")
+            }
+        }));
+    }
+
+    fn on_get(
+        &mut self,
+        conn: ConnId,
+        sender: String,
+        req: KeyRequest,
+        crdt: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let storage = self.storage.clone();
+        let key = req.key.clone();
+        ctx.spawn(
+            async move { storage.send(GetRecord { key }).await }
+                .into_actor(self)
+                .map(move |res, act, _| match res {
+                    Ok(Ok(Some(record))) => {
+                        // A direct answer is always sent, even if this hash went
+                        // before; its type follows the request (see `Pending`).
+                        let kind = if crdt { "crdtPut" } else { "put" };
+                        act.mark_sent(&sender, &record.hash);
+                        let text = record_frame(kind, &req.id, act.own_to(), &record);
+                        act.send_to_conn(conn, text.into());
+                    }
+                    Ok(Ok(None)) => {
+                        let now = Instant::now();
+                        let deadline =
+                            now + Duration::from_millis(act.settings.limits.pending_request_ms);
+                        let pending = Pending {
+                            requester: sender.clone(),
+                            answer_kind: if crdt { "crdtPut" } else { "put" },
+                        };
+                        act.pending.insert(req.id.clone(), pending, deadline, now);
+                        let msg = if crdt {
+                            WireMessage::CrdtGet(req)
+                        } else {
+                            WireMessage::Get(req)
+                        };
+                        act.relay_to_servers(&msg, &sender, None);
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "get failed"),
+                    Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
+                }),
+        );
+    }
+
+    fn on_subscribe(
+        &mut self,
+        conn: ConnId,
+        sender: String,
+        req: KeyRequest,
+        ctx: &mut Context<Self>,
+    ) {
+        self.subs
+            .entry(req.key.clone())
+            .or_default()
+            .insert(sender.clone());
+        self.subs_by_client
+            .entry(sender.clone())
+            .or_default()
+            .insert(req.key.clone());
+        let storage = self.storage.clone();
+        let key = req.key.clone();
+        ctx.spawn(
+            async move { storage.send(GetRecord { key }).await }
+                .into_actor(self)
+                .map(move |res, act, _| match res {
+                    Ok(Ok(Some(record))) => {
+                        // Tool Db answers a subscribe with a `put` whatever the record.
+                        let kind = "put";
+                        act.mark_sent(&sender, &record.hash);
+                        let text = record_frame(kind, &req.id, act.own_to(), &record);
+                        act.send_to_conn(conn, text.into());
+                    }
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "subscribe read failed"),
+                    Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
+                }),
+        );
+    }
+
+    fn on_query(&mut self, conn: ConnId, sender: String, req: KeyRequest, ctx: &mut Context<Self>) {
+        let storage = self.storage.clone();
+        let prefix = req.key.clone();
+        let limit = self.settings.limits.query_max_keys;
+        let relay = WireMessage::Query(req.clone());
+        self.relay_to_servers(&relay, &sender, None);
+        ctx.spawn(
+            async move { storage.send(QueryKeys { prefix, limit }).await }
+                .into_actor(self)
+                .map(move |res, act, _| match res {
+                    Ok(Ok(keys)) => {
+                        let ack = WireMessage::QueryAck(QueryAck {
+                            id: req.id,
+                            to: act.own_to(),
+                            keys,
+                        });
+                        act.send_to_conn(conn, ack.to_text().into());
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "query failed"),
+                    Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
+                }),
+        );
+    }
+
+    fn on_function(&mut self, conn: ConnId, call: FunctionCall) {
+        let (code, value) = match self.functions.get(call.function.as_str()) {
+            Some(f) => match f(self, &call.args) {
+                Ok(v) => ("OK", v),
+                Err(e) => ("ERR", Value::String(e)),
+            },
+            None => (
+                "NOT_FOUND",
+                Value::String(format!("no server function {:?}", call.function)),
+            ),
+        };
+        let reply = WireMessage::FunctionReturn(FunctionReturn {
+            id: call.id,
+            to: self.own_to(),
+            code: code.into(),
+            value,
+        });
+        self.send_to_conn(conn, reply.to_text().into());
+    }
+
+    fn on_pong(&mut self, pong: Pong, ctx: &mut Context<Self>) {
+        let crypto = self.crypto.clone();
+        let topic = self.settings.topic.clone();
+        ctx.spawn(
+            async move {
+                crypto
+                    .send(VerifyServers {
+                        servers: pong.servers,
+                        topic,
+                    })
+                    .await
+            }
+            .into_actor(self)
+            .map(|res, act, _| {
+                for peer in res.unwrap_or_default() {
+                    act.learn_server(peer);
+                }
+            }),
+        );
+    }
+}
+
+/// `{"type":kind,"id":id,"to":[..],"data":record}` with the record's raw text.
+fn record_frame(kind: &str, id: &str, to: Vec<String>, record: &Record) -> String {
+    let msg = PutData {
+        id: id.to_owned(),
+        to,
+        data: record.clone(),
+    };
+    match kind {
+        "crdtPut" => WireMessage::CrdtPut(msg),
+        _ => WireMessage::Put(msg),
+    }
+    .to_text()
+}
+
+/// Server function `peers`: the verified servers this node knows.
+fn fn_peers(hub: &Hub, _args: &Value) -> Result<Value, String> {
+    let snap = hub.snapshot();
+    Ok(json!(snap
+        .servers
+        .iter()
+        .map(|s| json!({"peer": s.peer, "state": s.state}))
+        .collect::<Vec<_>>()))
+}
+
+impl Actor for Hub {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(CLEANUP_EVERY, |act, _| act.cleanup());
+        // Re-sign our record well inside the window peers accept.
+        let every = Duration::from_millis((self.settings.limits.ping_window_ms / 4).max(1000));
+        ctx.run_interval(every, |act, ctx| {
+            let req = SignPeer {
+                topic: act.settings.topic.clone(),
+                host: act.settings.host.clone(),
+                port: act.settings.port,
+            };
+            let crypto = act.crypto.clone();
+            ctx.spawn(
+                async move { crypto.send(req).await }
+                    .into_actor(act)
+                    .map(|res, act, _| {
+                        if let Ok(peer) = res {
+                            act.self_peer = peer;
+                        }
+                    }),
+            );
+        });
+    }
+}
+
+impl Handler<ConnectionIdentified> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: ConnectionIdentified, _: &mut Self::Context) {
+        if msg
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.address == self.settings.address)
+        {
+            tracing::info!(conn = msg.conn, "closing a connection to ourselves");
+            msg.handle.close.do_send(CloseConnection {
+                reason: "this is the same node: refusing a connection to itself".into(),
+            });
+            return;
+        }
+        tracing::info!(
+            client = %msg.client_id,
+            server = msg.is_server,
+            outbound = msg.outbound,
+            "peer identified"
+        );
+        if msg.is_server {
+            if let Some(peer) = msg.peer.clone() {
+                self.learn_server(peer);
+            }
+        }
+        for peer in msg.servers {
+            self.learn_server(peer);
+        }
+        self.gone_since.remove(&msg.client_id);
+        // A peer that pings again may have lost what it had (Tool Db resets too).
+        self.sent.remove(&msg.client_id);
+        self.by_client.insert(msg.client_id.clone(), msg.conn);
+        self.conns.insert(
+            msg.conn,
+            Conn {
+                handle: msg.handle,
+                client_id: msg.client_id,
+                is_server: msg.is_server,
+                outbound: msg.outbound,
+                invalid_records: 0,
+            },
+        );
+        if let Some(ping_id) = msg.ping_id {
+            self.send_pong(msg.conn, &ping_id);
+        }
+    }
+}
+
+impl Handler<FrameReceived> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: FrameReceived, ctx: &mut Self::Context) {
+        let Some(conn) = self.conns.get(&msg.conn) else {
+            return;
+        };
+        let sender = conn.client_id.clone();
+        let m = msg.msg;
+        let repeatable = matches!(m, WireMessage::Ping(_) | WireMessage::Pong(_));
+        if !repeatable && !self.processed.insert((m.kind(), m.id().to_owned())) {
+            return;
+        }
+        match m {
+            WireMessage::Ping(p) => self.send_pong(msg.conn, &p.id),
+            WireMessage::Pong(p) => self.on_pong(p, ctx),
+            WireMessage::Put(p) => self.on_put(msg.conn, sender, p, false, ctx),
+            WireMessage::CrdtPut(p) => self.on_put(msg.conn, sender, p, true, ctx),
+            WireMessage::Get(r) => self.on_get(msg.conn, sender, r, false, ctx),
+            WireMessage::CrdtGet(r) => self.on_get(msg.conn, sender, r, true, ctx),
+            WireMessage::Subscribe(r) => self.on_subscribe(msg.conn, sender, r, ctx),
+            WireMessage::Query(r) => self.on_query(msg.conn, sender, r, ctx),
+            WireMessage::Function(f) => self.on_function(msg.conn, f),
+            // Answers to queries we relayed: our own answer went already.
+            WireMessage::QueryAck(_) | WireMessage::FunctionReturn(_) => {}
+        }
+    }
+}
+
+impl Handler<ConnectionClosed> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: ConnectionClosed, _: &mut Self::Context) {
+        let Some(conn) = self.conns.remove(&msg.conn) else {
+            return;
+        };
+        if self.by_client.get(&conn.client_id) == Some(&msg.conn) {
+            self.by_client.remove(&conn.client_id);
+            self.gone_since
+                .insert(conn.client_id.clone(), Instant::now());
+        }
+        tracing::info!(client = %conn.client_id, server = conn.is_server, outbound = conn.outbound, "connection closed");
+    }
+}
+
+impl Handler<GetSelfPeer> for Hub {
+    type Result = MessageResult<GetSelfPeer>;
+    fn handle(&mut self, _: GetSelfPeer, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.self_peer.clone())
+    }
+}
+
+impl Handler<GetPeers> for Hub {
+    type Result = MessageResult<GetPeers>;
+    fn handle(&mut self, _: GetPeers, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.snapshot())
+    }
+}

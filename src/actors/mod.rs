@@ -1,0 +1,24 @@
+//! The node's actors (DESIGN.md): `Hub` holds the protocol, `ClientSession`
+//! and `PeerConnection` one socket each, `Storage` and `Crypto` are
+//! `SyncArbiter` pools for the slow work.
+pub mod client_session;
+pub mod crypto;
+pub mod hub;
+pub mod peer_connection;
+pub mod storage;
+
+use std::sync::Arc;
+
+use actix::Addr;
+
+use crate::config::Config;
+
+/// What every connection actor needs: where to send frames and checks.
+#[derive(Clone)]
+pub struct Services {
+    pub hub: Addr<hub::Hub>,
+    pub crypto: Addr<crypto::Crypto>,
+    pub config: Arc<Config>,
+    /// Our own client id (last 20 chars of the node address).
+    pub client_id: Arc<str>,
+}

@@ -1,0 +1,334 @@
+//! `Storage`: a `SyncArbiter` pool sharing one `sled::Db`. Records are kept
+//! as their raw JSON text by key; the winner rule and CRDT merges run inside
+//! sled's atomic compare-and-swap per key, so two concurrent puts of one key
+//! never lose the winner. Owned by the server; the hub holds its address.
+//! When `sync_writes` is on, a write is flushed before it is reported, so
+//! nothing a client could have read is lost to `kill -9`.
+
+use actix::prelude::*;
+use serde::Deserialize;
+
+use crate::crdt;
+use crate::messages::storage::*;
+use crate::record::{wins, Record, RecordError, RecordMeta};
+
+pub const RECORDS_TREE: &str = "records";
+
+#[derive(Clone)]
+pub struct Storage {
+    db: sled::Db,
+    records: sled::Tree,
+    sync_writes: bool,
+}
+
+impl Storage {
+    pub fn new(db: sled::Db, sync_writes: bool) -> Result<Self, StorageError> {
+        let records = db.open_tree(RECORDS_TREE)?;
+        Ok(Storage {
+            db,
+            records,
+            sync_writes,
+        })
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        if self.sync_writes {
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    fn parse_stored(key: &str, bytes: &[u8]) -> Result<Record, StorageError> {
+        let corrupt = |reason: String| StorageError::Corrupt {
+            key: key.to_owned(),
+            reason,
+        };
+        let text = std::str::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))?;
+        Record::parse_str(text).map_err(|e| corrupt(e.to_string()))
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Record>, StorageError> {
+        match self.records.get(key.as_bytes())? {
+            Some(bytes) => Ok(Some(Self::parse_stored(key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored-state half of verification (Tool Db's step 4) and the
+    /// winner rule, applied atomically.
+    pub fn store(&self, record: Record) -> Result<StoreOutcome, StorageError> {
+        #[derive(Deserialize)]
+        struct Meta {
+            k: String,
+            t: u64,
+            a: String,
+            h: String,
+        }
+        enum Decision {
+            Won,
+            Lost(Vec<u8>),
+            Refused(RecordError),
+            Corrupt(String),
+        }
+        let mut decision = Decision::Won;
+        let incoming = record.meta();
+        self.records
+            .fetch_and_update(record.key.as_bytes(), |old| match old {
+                None => {
+                    decision = Decision::Won;
+                    Some(record.raw().as_bytes().to_vec())
+                }
+                Some(bytes) => match serde_json::from_slice::<Meta>(bytes) {
+                    Err(e) => {
+                        // Never overwrite what we cannot read: report instead.
+                        decision = Decision::Corrupt(e.to_string());
+                        Some(bytes.to_vec())
+                    }
+                    Ok(m) => {
+                        let stored = RecordMeta {
+                            key: &m.k,
+                            timestamp: m.t,
+                            address: &m.a,
+                            hash: &m.h,
+                        };
+                        if record.is_frozen() && m.a != record.address && m.t <= record.timestamp {
+                            decision = Decision::Refused(RecordError::CantOverwrite {
+                                key: record.key.clone(),
+                            });
+                            Some(bytes.to_vec())
+                        } else if wins(&incoming, &stored) {
+                            decision = Decision::Won;
+                            Some(record.raw().as_bytes().to_vec())
+                        } else {
+                            decision = Decision::Lost(bytes.to_vec());
+                            Some(bytes.to_vec())
+                        }
+                    }
+                },
+            })?;
+        match decision {
+            Decision::Won => {
+                self.flush()?;
+                Ok(StoreOutcome::Won(record))
+            }
+            Decision::Lost(bytes) => Ok(StoreOutcome::Lost {
+                current: Self::parse_stored(&record.key, &bytes)?,
+            }),
+            Decision::Refused(e) => Ok(StoreOutcome::Refused(e)),
+            Decision::Corrupt(reason) => Err(StorageError::Corrupt {
+                key: record.key.clone(),
+                reason,
+            }),
+        }
+    }
+
+    pub fn merge_crdt(&self, record: Record) -> Result<CrdtOutcome, StorageError> {
+        let mut result: Result<Option<String>, String> = Ok(None);
+        let mut current: Option<Vec<u8>> = None;
+        self.records
+            .fetch_and_update(record.key.as_bytes(), |old| match old {
+                None => {
+                    result = Ok(Some(record.raw().to_owned()));
+                    Some(record.raw().as_bytes().to_vec())
+                }
+                Some(bytes) => {
+                    let merged = std::str::from_utf8(bytes)
+                        .map_err(|e| e.to_string())
+                        .and_then(|t| Record::parse_str(t).map_err(|e| e.to_string()))
+                        .and_then(|stored| {
+                            crdt::merge(&stored, &record).map_err(|e| e.to_string())
+                        });
+                    current = Some(bytes.to_vec());
+                    match merged {
+                        Ok(Some(text)) => {
+                            let out = text.as_bytes().to_vec();
+                            result = Ok(Some(text));
+                            Some(out)
+                        }
+                        Ok(None) => {
+                            result = Ok(None);
+                            Some(bytes.to_vec())
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            Some(bytes.to_vec())
+                        }
+                    }
+                }
+            })?;
+        match result {
+            Ok(Some(text)) => {
+                self.flush()?;
+                Ok(CrdtOutcome::Merged(Self::parse_stored(
+                    &record.key,
+                    text.as_bytes(),
+                )?))
+            }
+            Ok(None) => Ok(CrdtOutcome::Unchanged {
+                current: Self::parse_stored(&record.key, &current.unwrap_or_default())?,
+            }),
+            Err(reason) => Err(StorageError::Corrupt {
+                key: record.key.clone(),
+                reason,
+            }),
+        }
+    }
+
+    pub fn query(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StorageError> {
+        let mut keys = Vec::new();
+        for item in self
+            .records
+            .scan_prefix(prefix.as_bytes())
+            .keys()
+            .take(limit)
+        {
+            let k = item?;
+            keys.push(String::from_utf8_lossy(&k).into_owned());
+        }
+        Ok(keys)
+    }
+}
+
+impl Actor for Storage {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<StoreRecord> for Storage {
+    type Result = Result<StoreOutcome, StorageError>;
+    fn handle(&mut self, msg: StoreRecord, _: &mut Self::Context) -> Self::Result {
+        self.store(msg.record)
+    }
+}
+
+impl Handler<MergeCrdt> for Storage {
+    type Result = Result<CrdtOutcome, StorageError>;
+    fn handle(&mut self, msg: MergeCrdt, _: &mut Self::Context) -> Self::Result {
+        self.merge_crdt(msg.record)
+    }
+}
+
+impl Handler<GetRecord> for Storage {
+    type Result = Result<Option<Record>, StorageError>;
+    fn handle(&mut self, msg: GetRecord, _: &mut Self::Context) -> Self::Result {
+        self.get(&msg.key)
+    }
+}
+
+impl Handler<QueryKeys> for Storage {
+    type Result = Result<Vec<String>, StorageError>;
+    fn handle(&mut self, msg: QueryKeys, _: &mut Self::Context) -> Self::Result {
+        self.query(&msg.prefix, msg.limit)
+    }
+}
+
+impl Handler<FlushStorage> for Storage {
+    type Result = Result<(), StorageError>;
+    fn handle(&mut self, _: FlushStorage, _: &mut Self::Context) -> Self::Result {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{KeyScheme, NodeKey};
+    use crate::record::{now_ms, sign_record};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn storage() -> (tempfile::TempDir, Storage) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        (dir, Storage::new(db, true).unwrap())
+    }
+
+    #[test]
+    fn newer_wins_older_loses_and_text_is_kept() {
+        let (_d, s) = storage();
+        let k = NodeKey::generate(KeyScheme::P256);
+        let t = now_ms();
+        let old = sign_record(&k, "x", &json!("old"), t);
+        let new = sign_record(&k, "x", &json!("new"), t + 1);
+        assert!(matches!(
+            s.store(new.clone()).unwrap(),
+            StoreOutcome::Won(_)
+        ));
+        match s.store(old).unwrap() {
+            StoreOutcome::Lost { current } => assert_eq!(current.raw(), new.raw()),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.get("x").unwrap().unwrap().raw(), new.raw());
+        assert!(s.get("y").unwrap().is_none());
+    }
+
+    #[test]
+    fn frozen_keys_keep_their_first_author() {
+        let (_d, s) = storage();
+        let owner = NodeKey::generate(KeyScheme::P256);
+        let thief = NodeKey::generate(KeyScheme::P256);
+        let t = now_ms();
+        s.store(sign_record(&owner, "==name", &json!(1), t))
+            .unwrap();
+        let out = s
+            .store(sign_record(&thief, "==name", &json!(2), t + 5))
+            .unwrap();
+        assert!(matches!(
+            out,
+            StoreOutcome::Refused(RecordError::CantOverwrite { .. })
+        ));
+        assert!(s
+            .get("==name")
+            .unwrap()
+            .unwrap()
+            .raw()
+            .contains(owner.address()));
+    }
+
+    #[test]
+    fn concurrent_puts_of_one_key_keep_the_winner() {
+        let (_d, s) = storage();
+        let s = Arc::new(s);
+        let k = Arc::new(NodeKey::generate(KeyScheme::P256));
+        let t = now_ms();
+        let records: Vec<_> = (0..64)
+            .map(|i| sign_record(&k, "hot", &json!(i), t + i))
+            .collect();
+        let best = records.last().unwrap().raw().to_owned();
+        std::thread::scope(|scope| {
+            for chunk in records.chunks(16) {
+                let s = s.clone();
+                scope.spawn(move || {
+                    for r in chunk.iter().rev() {
+                        s.store(r.clone()).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(s.get("hot").unwrap().unwrap().raw(), best);
+    }
+
+    #[test]
+    fn query_lists_keys_by_prefix() {
+        let (_d, s) = storage();
+        let k = NodeKey::generate(KeyScheme::P256);
+        for key in ["app-a", "app-b", "other"] {
+            s.store(sign_record(&k, key, &json!(1), now_ms())).unwrap();
+        }
+        assert_eq!(s.query("app-", 10).unwrap(), vec!["app-a", "app-b"]);
+        assert_eq!(s.query("app-", 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = NodeKey::generate(KeyScheme::P256);
+        let r = sign_record(&k, "kept", &json!({"a": 1}), now_ms());
+        {
+            let s = Storage::new(sled::open(dir.path()).unwrap(), true).unwrap();
+            s.store(r.clone()).unwrap();
+        }
+        let s = Storage::new(sled::open(dir.path()).unwrap(), true).unwrap();
+        assert_eq!(s.get("kept").unwrap().unwrap().raw(), r.raw());
+    }
+}

@@ -1,0 +1,78 @@
+//! Messages to the `Hub`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::messages::connection::ConnHandle;
+use crate::messages::wire::WireMessage;
+use crate::peer::Peer;
+
+/// Local id of one socket (inbound or outbound), unique in this process.
+pub type ConnId = u64;
+
+pub fn next_conn_id() -> ConnId {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A connection finished its handshake: its ping (inbound) or pong
+/// (outbound) was checked. Frames from it reach the hub only after this.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ConnectionIdentified {
+    pub conn: ConnId,
+    pub handle: ConnHandle,
+    /// Verified (last 20 chars of the peer address) or chosen by us.
+    pub client_id: String,
+    /// A server whose peer record verified.
+    pub is_server: bool,
+    pub peer: Option<Peer>,
+    /// We dialed it (a `PeerConnection`).
+    pub outbound: bool,
+    /// The ping to answer with a pong (inbound connections).
+    pub ping_id: Option<String>,
+    /// Servers the remote listed in its pong, already verified.
+    pub servers: Vec<Peer>,
+}
+
+/// One parsed frame from an identified connection.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct FrameReceived {
+    pub conn: ConnId,
+    pub msg: WireMessage,
+}
+
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ConnectionClosed {
+    pub conn: ConnId,
+}
+
+/// Our signed peer record, for the ping a `PeerConnection` sends.
+#[derive(Message, Debug)]
+#[rtype(result = "Peer")]
+pub struct GetSelfPeer;
+
+/// What `/peers` and the `peers` server function show.
+#[derive(Message, Debug)]
+#[rtype(result = "PeersSnapshot")]
+pub struct GetPeers;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeersSnapshot {
+    #[serde(rename = "self")]
+    pub self_peer: Peer,
+    pub servers: Vec<ServerEntry>,
+    pub connected: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerEntry {
+    pub peer: Peer,
+    #[serde(rename = "clientId")]
+    pub client_id: String,
+    pub state: &'static str,
+}

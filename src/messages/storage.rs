@@ -1,0 +1,64 @@
+//! Messages to the `Storage` pool.
+
+use actix::prelude::*;
+
+use crate::record::{Record, RecordError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("storage: stored record for key {key:?} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// Store a verified plain record if it wins for its key.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<StoreOutcome, StorageError>")]
+pub struct StoreRecord {
+    pub record: Record,
+}
+
+#[derive(Debug)]
+pub enum StoreOutcome {
+    /// The record is now the stored winner (and on disk, when syncing).
+    Won(Record),
+    /// The stored record wins; it is returned.
+    Lost { current: Record },
+    /// A frozen key that another author already owns.
+    Refused(RecordError),
+}
+
+/// Merge a verified CRDT record into the stored change set.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<CrdtOutcome, StorageError>")]
+pub struct MergeCrdt {
+    pub record: Record,
+}
+
+#[derive(Debug)]
+pub enum CrdtOutcome {
+    /// The stored set grew (or was replaced); the merged record is returned.
+    Merged(Record),
+    /// Nothing new; the stored record is returned.
+    Unchanged { current: Record },
+}
+
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Option<Record>, StorageError>")]
+pub struct GetRecord {
+    pub key: String,
+}
+
+/// Keys starting with `prefix`, at most `limit` of them.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Vec<String>, StorageError>")]
+pub struct QueryKeys {
+    pub prefix: String,
+    pub limit: usize,
+}
+
+/// Write everything to disk (at shutdown).
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), StorageError>")]
+pub struct FlushStorage;
