@@ -76,6 +76,8 @@ struct Fields {
     t: Option<u64>,
     h: Option<String>,
     s: Option<String>,
+    // `v: null` is a value; only an absent `v` is missing.
+    #[serde(default, deserialize_with = "present_raw")]
     v: Option<Box<RawValue>>,
     // Absent and `null` differ: Tool Db requires `c` to be present.
     #[serde(default, deserialize_with = "present")]
@@ -84,6 +86,10 @@ struct Fields {
 
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
+}
+
+fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 impl Record {

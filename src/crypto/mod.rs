@@ -27,6 +27,8 @@ pub enum SignatureError {
     MalformedSignature,
     #[error("signature does not match the address")]
     Mismatch,
+    #[error("an empty message is never signed")]
+    EmptyMessage,
 }
 
 /// Lower-case hex SHA-256, as Tool Db's `sha256()` returns it.
@@ -57,6 +59,10 @@ pub fn address_kind(address: &str) -> Option<AddressKind> {
 
 /// Verifies that `signature` signs the UTF-8 text `message` under `address`.
 pub fn verify(address: &str, message: &[u8], signature: &str) -> Result<(), SignatureError> {
+    if message.is_empty() {
+        // ecdsa-user refuses an empty message (`!message.h`); Tool Db never signs one.
+        return Err(SignatureError::EmptyMessage);
+    }
     match address_kind(address) {
         Some(AddressKind::P256) => verify_p256(address, message, signature),
         Some(AddressKind::Ethereum) => verify_eth(address, message, signature),

@@ -250,7 +250,7 @@ async function recordVectors() {
   await inval(dbW, "web3-secp256k1", "tampered v (h and s kept)", { ...wbase, v: "hello w0rld" }, "InvalidHashNonce", {
     note: "Tool Db with pow 0 accepts this; ours checks the hash always",
   });
-  await inval(dbW, "web3-secp256k1", "another key's address as author", { ...wbase, a: new Wallet(keccak256(toUtf8Bytes("other"))).address }, "InvalidSignature");
+  await inval(dbW, "web3-secp256k1", "another key's address as author, hashed and signed by this key", await sign(dbW, { ...wbase, a: new Wallet(keccak256(toUtf8Bytes("other"))).address }), "InvalidSignature");
   await inval(dbW, "web3-secp256k1", "author address lowercased, hashed and signed as such", await sign(dbW, { ...wbase, a: wbase.a.toLowerCase() }), "InvalidSignature", {
     note: "recovered address is EIP-55; web3-user compares with ===",
   });
