@@ -259,6 +259,13 @@ scenarios["put-get"] = async (server) => {
   return { key, put: value, got: r.got, attempts: r.attempts, elapsed_ms: r.elapsed_ms, record: msg.data, connected: { A: A.connected, B: B.connected } };
 };
 
+scenarios["get-only"] = async (server) => {
+  if (typeof args.key !== "string") fail("get-only needs --key");
+  const B = await makeClient("B", server);
+  const r = await getUntil(B, args.key);
+  return { key: args.key, got: r.got, attempts: r.attempts, elapsed_ms: r.elapsed_ms, connected: { B: B.connected } };
+};
+
 scenarios["subscribe"] = async (server) => {
   const key = typeof args.key === "string" ? args.key : "sub-" + textRandom(8);
   const n = Number(args.updates || 2);

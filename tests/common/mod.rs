@@ -1,0 +1,330 @@
+//! Helpers shared by the integration tests: a `tooldb-node` child process
+//! on a free 127.0.0.1 port with its own temporary data dir, a blocking
+//! raw-protocol websocket client with real signatures, the Node.js interop
+//! harness, and polling with deadlines (never a fixed sleep).
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tooldb_node::crypto::{KeyScheme, NodeKey};
+use tooldb_node::messages::wire::new_message_id;
+use tooldb_node::peer::Peer;
+use tooldb_node::record::now_ms;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+pub const TOPIC: &str = "tool-db-default";
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `tooldb-node serve` child process; killed when dropped.
+pub struct NodeProc {
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub child: Child,
+    _tmp: Option<tempfile::TempDir>,
+    log: PathBuf,
+}
+
+impl NodeProc {
+    /// Starts a node with a fresh data dir and `extra` flags.
+    pub fn start(extra: &[&str]) -> NodeProc {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mut n = Self::start_in(&dir, free_port(), extra);
+        n._tmp = Some(tmp);
+        n
+    }
+
+    /// Starts a node on `port` with data in `dir` (kept by the caller).
+    pub fn start_in(dir: &Path, port: u16, extra: &[&str]) -> NodeProc {
+        let log = dir.with_extension(format!("{port}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
+            .args(["serve", "--no-dht", "--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .arg("--data-dir")
+            .arg(dir)
+            .args(extra)
+            .env("RUST_LOG", "info,tooldb_node=debug")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("the tooldb-node binary runs");
+        let node = NodeProc {
+            port,
+            data_dir: dir.to_owned(),
+            child,
+            _tmp: None,
+            log,
+        };
+        node.wait_healthy();
+        node
+    }
+
+    pub fn wait_healthy(&self) {
+        wait_for("the node's /health", Duration::from_secs(20), || {
+            http_get(self.port, "/health").filter(|(status, _)| *status == 200)
+        });
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    pub fn health(&self) -> Value {
+        let (_, body) = http_get(self.port, "/health").expect("health answers");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub fn peers(&self) -> Value {
+        let (_, body) = http_get(self.port, "/peers").expect("peers answers");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- log of node on port {} ---\n{}", self.port, self.log());
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET; returns (status, body) or None if not reachable.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_full(port, path).map(|(s, _, b)| (s, b))
+}
+
+/// (status, headers, body).
+pub fn http_get_full(port: u16, path: &str) -> Option<(u16, String, String)> {
+    use std::io::Write;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, head.to_owned(), body.to_owned()))
+}
+
+/// A raw Tool Db peer speaking the wire protocol with a real key.
+pub struct RawPeer {
+    pub ws: WebSocket<MaybeTlsStream<TcpStream>>,
+    pub key: NodeKey,
+    pub client_id: String,
+}
+
+impl RawPeer {
+    pub fn connect(port: u16) -> RawPeer {
+        Self::connect_with(port, NodeKey::generate(KeyScheme::P256))
+    }
+
+    pub fn connect_with(port: u16, key: NodeKey) -> RawPeer {
+        let (ws, _) = tungstenite::connect(format!("ws://127.0.0.1:{port}")).expect("ws connects");
+        if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+        }
+        let client_id = key.client_id().to_owned();
+        RawPeer { ws, key, client_id }
+    }
+
+    /// Connects and completes the handshake as a client; returns the pong.
+    pub fn client(port: u16) -> (RawPeer, Value) {
+        let mut p = Self::connect(port);
+        let pong = p.handshake(false);
+        (p, pong)
+    }
+
+    pub fn ping_frame(&self, is_server: bool, topic: &str, timestamp: u64) -> Value {
+        let peer = Peer::sign(&self.key, topic, "127.0.0.1", 8080, timestamp);
+        json!({"type":"ping","id":new_message_id(),"to":[self.client_id],
+               "clientId":self.client_id,"isServer":is_server,"peer":peer})
+    }
+
+    pub fn handshake(&mut self, is_server: bool) -> Value {
+        let ping = self.ping_frame(is_server, TOPIC, now_ms());
+        self.send(&ping);
+        self.expect("pong", |m| m["type"] == "pong")
+    }
+
+    pub fn send(&mut self, v: &Value) {
+        self.send_text(&v.to_string());
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
+    /// The next text frame within `timeout`: Ok(Some) a frame, Ok(None)
+    /// nothing arrived, Err(reason) the socket closed (with its reason).
+    pub fn recv(&mut self, timeout: Duration) -> Result<Option<Value>, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => return Ok(Some(serde_json::from_str(&t).unwrap())),
+                Ok(Message::Close(frame)) => {
+                    return Err(frame.map(|f| f.reason.to_string()).unwrap_or_default())
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if Instant::now() > deadline {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// Waits for a frame matching `pred` (others are skipped); panics on timeout.
+    pub fn expect(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match self.recv(Duration::from_millis(200)) {
+                Ok(Some(v)) if pred(&v) => return v,
+                Ok(_) => {}
+                Err(reason) => panic!("socket closed ({reason}) while waiting for {what}"),
+            }
+        }
+        panic!("no {what} within 10 s");
+    }
+
+    /// Collects every frame for `window` (used to show something did NOT come).
+    pub fn drain(&mut self, window: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + window;
+        let mut out = vec![];
+        while Instant::now() < deadline {
+            if let Ok(Some(v)) = self.recv(Duration::from_millis(50)) {
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    /// Waits until the server closes the socket; returns the close reason.
+    pub fn expect_closed(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match self.recv(Duration::from_millis(200)) {
+                Err(reason) => return reason,
+                Ok(_) => {}
+            }
+        }
+        panic!("the server did not close the socket within 10 s");
+    }
+
+    /// Signs and sends a plain record; returns (message id, record).
+    pub fn put(&mut self, key: &str, value: Value) -> (String, Value) {
+        let rec = tooldb_node::record::sign_record(&self.key, key, &value, now_ms());
+        let record: Value = serde_json::from_str(rec.raw()).unwrap();
+        let id = new_message_id();
+        self.send(&json!({"type":"put","id":id,"to":[self.client_id],"data":record}));
+        (id, record)
+    }
+
+    /// Sends a get and waits for the answering put; None if none came in `timeout`.
+    pub fn get(&mut self, key: &str, timeout: Duration) -> Option<Value> {
+        let id = new_message_id();
+        self.send(&json!({"type":"get","id":id,"to":[self.client_id],"key":key}));
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(v)) = self.recv(Duration::from_millis(100)) {
+                if v["id"] == id.as_str() {
+                    return Some(v);
+                }
+            }
+        }
+        None
+    }
+
+    /// Polls with gets until the key holds `value`.
+    pub fn wait_value(&mut self, key: &str, value: &Value) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(m) = self.get(key, Duration::from_millis(500)) {
+                if m["data"]["v"] == *value {
+                    return m;
+                }
+            }
+        }
+        panic!("key {key} never held {value}");
+    }
+}
+
+/// The Node.js interop harness directory.
+pub fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// Runs one harness scenario and returns its JSON line. Fails loudly if
+/// the harness is not installed: these tests must never skip silently.
+pub fn scenario(name: &str, args: &[&str]) -> Value {
+    let dir = interop_dir();
+    assert!(
+        dir.join("node_modules/tool-db").exists(),
+        "the interop harness is not installed: run `npm ci` in {}",
+        dir.display()
+    );
+    let out = Command::new("node")
+        .arg(dir.join("run.js"))
+        .arg(name)
+        .args(args)
+        .arg("--quiet")
+        .stderr(Stdio::piped())
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scenario {name} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("scenario {name} printed {stdout:?}: {e}"))
+}
