@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-/// 1. A value put by one Tool Db client is read by a second, fresh client.
+/// Point 1: A value put by one Tool Db client is read by a second, fresh client.
 #[test]
 fn put_then_get_from_a_fresh_client() {
     let node = NodeProc::start(&[]);
@@ -20,8 +20,8 @@ fn put_then_get_from_a_fresh_client() {
     assert_eq!(r["got"], r["put"], "{r}");
 }
 
-/// 2. `subscribeData` sees another client's later puts — every one of them
-/// (Tool Db's own server delivers only the first: it reuses the subscribe id).
+/// Point 2: `subscribeData` sees another client's later puts, every one of them;
+/// Tool Db's own server delivers only the first, as it reuses the subscribe id.
 #[test]
 fn subscriber_sees_every_later_put() {
     let node = NodeProc::start(&[]);
@@ -30,7 +30,7 @@ fn subscriber_sees_every_later_put() {
     assert_eq!(r["received"], r["put"], "{r}");
 }
 
-/// 3. User-namespaced data is stored and read back; forged namespaces are refused.
+/// Point 3: User-namespaced data is stored and read back; forged namespaces are refused.
 #[test]
 fn user_namespace_is_kept_and_forgeries_refused() {
     let node = NodeProc::start(&[]);
@@ -44,7 +44,7 @@ fn user_namespace_is_kept_and_forgeries_refused() {
     assert!(log.contains("AddressMismatch"), "the refusal is logged");
 }
 
-/// 4. A record with a tampered `v` under the original `h`/`s` is refused
+/// Point 4: A record with a tampered `v` under the original `h`/`s` is refused
 /// (Tool Db itself stores it); the untampered control is served.
 #[test]
 fn tampered_value_is_refused() {
@@ -56,7 +56,7 @@ fn tampered_value_is_refused() {
     assert!(r["future_timestamp"]["got"].is_null(), "{r}");
 }
 
-/// 5. Two clients put CRDT changes to one map key; both read the merged map.
+/// Point 5: Two clients put CRDT changes to one map key; both read the merged map.
 #[test]
 fn crdt_map_changes_merge() {
     let node = NodeProc::start(&[]);
@@ -67,7 +67,7 @@ fn crdt_map_changes_merge() {
     assert_eq!(&r["got_b"], expected, "{r}");
 }
 
-/// 6. `queryKeys` by prefix returns exactly the keys put under it.
+/// Point 6: `queryKeys` by prefix returns exactly the keys put under it.
 #[test]
 fn query_keys_by_prefix() {
     let node = NodeProc::start(&[]);
@@ -78,7 +78,7 @@ fn query_keys_by_prefix() {
     assert_eq!(r["got"], json!(put), "{r}");
 }
 
-/// 7a. A JS Tool Db server (leveldb store) that dials our node replicates
+/// Point 7a: A JS Tool Db server (leveldb store) that dials our node replicates
 /// puts both ways.
 #[test]
 fn js_server_dialing_us_replicates_both_ways() {
@@ -113,7 +113,7 @@ impl Drop for JsServer {
     }
 }
 
-/// 7b. Our node dials a JS Tool Db server with `--peer`; puts replicate
+/// Point 7b: Our node dials a JS Tool Db server with `--peer`; puts replicate
 /// both ways.
 #[test]
 fn we_dial_a_js_server_and_replicate_both_ways() {

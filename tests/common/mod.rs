@@ -250,9 +250,8 @@ impl RawPeer {
     pub fn expect_closed(&mut self) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            match self.recv(Duration::from_millis(200)) {
-                Err(reason) => return reason,
-                Ok(_) => {}
+            if let Err(reason) = self.recv(Duration::from_millis(200)) {
+                return reason;
             }
         }
         panic!("the server did not close the socket within 10 s");
