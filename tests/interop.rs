@@ -117,6 +117,7 @@ impl Drop for JsServer {
 /// both ways.
 #[test]
 fn we_dial_a_js_server_and_replicate_both_ways() {
+    ensure_harness();
     let js_port = free_port();
     let mut child = Command::new("node")
         .arg(interop_dir().join("run.js"))

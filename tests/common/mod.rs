@@ -55,15 +55,24 @@ pub struct NodeProc {
 impl NodeProc {
     /// Starts a node with a fresh data dir and `extra` flags.
     pub fn start(extra: &[&str]) -> NodeProc {
+        Self::start_env(extra, &[])
+    }
+
+    /// Starts a node with a fresh data dir, `extra` flags and environment.
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> NodeProc {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_owned();
-        let mut n = Self::start_in(&dir, free_port(), extra);
+        let dir = tmp.path().join("data");
+        let mut n = Self::start_in_env(&dir, free_port(), extra, env);
         n._tmp = Some(tmp);
         n
     }
 
     /// Starts a node on `port` with data in `dir` (kept by the caller).
     pub fn start_in(dir: &Path, port: u16, extra: &[&str]) -> NodeProc {
+        Self::start_in_env(dir, port, extra, &[])
+    }
+
+    pub fn start_in_env(dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> NodeProc {
         let log = dir.with_extension(format!("{port}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
@@ -72,6 +81,7 @@ impl NodeProc {
             .arg("--data-dir")
             .arg(dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,tooldb_node=debug")
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -259,7 +269,12 @@ impl RawPeer {
 
     /// Signs and sends a plain record; returns (message id, record).
     pub fn put(&mut self, key: &str, value: Value) -> (String, Value) {
-        let rec = tooldb_node::record::sign_record(&self.key, key, &value, now_ms());
+        self.put_at(key, value, now_ms())
+    }
+
+    /// Like `put`, with the record's timestamp `t`.
+    pub fn put_at(&mut self, key: &str, value: Value, t: u64) -> (String, Value) {
+        let rec = tooldb_node::record::sign_record(&self.key, key, &value, t);
         let record: Value = serde_json::from_str(rec.raw()).unwrap();
         let id = new_message_id();
         self.send(&json!({"type":"put","id":id,"to":[self.client_id],"data":record}));
@@ -300,15 +315,29 @@ pub fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
 }
 
-/// Runs one harness scenario and returns its JSON line. Fails loudly if
-/// the harness is not installed: these tests must never skip silently.
-pub fn scenario(name: &str, args: &[&str]) -> Value {
+/// Installs the harness's locked npm packages once per test process, so
+/// `cargo test` works on a fresh machine. Fails loudly: never skips.
+pub fn ensure_harness() {
+    static INSTALL: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = interop_dir();
-    assert!(
-        dir.join("node_modules/tool-db").exists(),
-        "the interop harness is not installed: run `npm ci` in {}",
-        dir.display()
-    );
+    if *done || dir.join("node_modules/tool-db/package.json").exists() {
+        *done = true;
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .status()
+        .expect("npm runs (Node.js and npm are needed for the interop tests)");
+    assert!(status.success(), "npm ci in {} failed", dir.display());
+    *done = true;
+}
+
+/// Runs one harness scenario and returns its JSON line.
+pub fn scenario(name: &str, args: &[&str]) -> Value {
+    ensure_harness();
+    let dir = interop_dir();
     let out = Command::new("node")
         .arg(dir.join("run.js"))
         .arg(name)
