@@ -77,6 +77,8 @@ pub struct Hub {
     /// Relayed get/crdtGet id → who asked, and the answer type it awaits.
     pending: ExpiringMap<String, Pending>,
     servers: HashMap<String, KnownServer>,
+    /// Client ids whose current connection is a verified server.
+    connected_servers: HashSet<String>,
     functions: HashMap<&'static str, ServerFunction>,
 }
 
@@ -119,6 +121,7 @@ impl Hub {
             sent: HashMap::new(),
             pending: ExpiringMap::new(MAX_PENDING),
             servers: HashMap::new(),
+            connected_servers: HashSet::new(),
             functions,
         }
     }
@@ -153,13 +156,10 @@ impl Hub {
         vec![self.settings.client_id.clone()]
     }
 
-    /// Client ids of connected, verified servers (one per server).
+    /// Client ids of connected, verified servers (one per server), from an
+    /// index kept on connect and close: a put never walks all connections.
     fn server_clients(&self) -> Vec<String> {
-        self.by_client
-            .iter()
-            .filter(|(_, c)| self.conns.get(c).is_some_and(|c| c.is_server))
-            .map(|(id, _)| id.clone())
-            .collect()
+        self.connected_servers.iter().cloned().collect()
     }
 
     /// The `to` list of a relayed message: who saw it, plus the sender and us.
@@ -279,13 +279,12 @@ impl Hub {
     }
 
     pub fn snapshot(&self) -> PeersSnapshot {
-        let connected_servers: HashSet<&String> = self.server_clients_ref();
         let mut servers: Vec<ServerEntry> = self
             .servers
             .values()
             .map(|s| {
                 let cid = s.peer.client_id().to_owned();
-                let state = if connected_servers.contains(&cid) {
+                let state = if self.connected_servers.contains(&cid) {
                     "connected"
                 } else {
                     "discovered"
@@ -305,14 +304,6 @@ impl Hub {
             servers,
             connected,
         }
-    }
-
-    fn server_clients_ref(&self) -> HashSet<&String> {
-        self.by_client
-            .iter()
-            .filter(|(_, c)| self.conns.get(c).is_some_and(|c| c.is_server))
-            .map(|(id, _)| id)
-            .collect()
     }
 
     fn cleanup(&mut self) {
@@ -660,6 +651,11 @@ impl Handler<ConnectionIdentified> for Hub {
         // A peer that pings again may have lost what it had (Tool Db resets too).
         self.sent.remove(&msg.client_id);
         self.by_client.insert(msg.client_id.clone(), msg.conn);
+        if msg.is_server {
+            self.connected_servers.insert(msg.client_id.clone());
+        } else {
+            self.connected_servers.remove(&msg.client_id);
+        }
         self.conns.insert(
             msg.conn,
             Conn {
@@ -712,6 +708,7 @@ impl Handler<ConnectionClosed> for Hub {
         };
         if self.by_client.get(&conn.client_id) == Some(&msg.conn) {
             self.by_client.remove(&conn.client_id);
+            self.connected_servers.remove(&conn.client_id);
             self.gone_since
                 .insert(conn.client_id.clone(), Instant::now());
         }
@@ -730,5 +727,286 @@ impl Handler<GetPeers> for Hub {
     type Result = MessageResult<GetPeers>;
     fn handle(&mut self, _: GetPeers, _: &mut Self::Context) -> Self::Result {
         MessageResult(self.snapshot())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The hub driven directly with fake connections: no sockets.
+    use super::*;
+    use crate::config::Limits;
+    use crate::crypto::{KeyScheme, NodeKey};
+    use crate::record::{now_ms, sign_record};
+    use std::sync::Mutex;
+
+    /// A connection that records what the hub sends it.
+    struct FakeConn {
+        frames: Arc<Mutex<Vec<Value>>>,
+        closed: Arc<Mutex<Option<String>>>,
+    }
+    impl Actor for FakeConn {
+        type Context = Context<Self>;
+    }
+    impl Handler<SendFrame> for FakeConn {
+        type Result = ();
+        fn handle(&mut self, m: SendFrame, _: &mut Context<Self>) {
+            self.frames
+                .lock()
+                .unwrap()
+                .push(serde_json::from_str(&m.text).unwrap());
+        }
+    }
+    impl Handler<CloseConnection> for FakeConn {
+        type Result = ();
+        fn handle(&mut self, m: CloseConnection, _: &mut Context<Self>) {
+            *self.closed.lock().unwrap() = Some(m.reason);
+        }
+    }
+
+    struct Fake {
+        conn: ConnId,
+        frames: Arc<Mutex<Vec<Value>>>,
+        closed: Arc<Mutex<Option<String>>>,
+        handle: ConnHandle,
+    }
+
+    impl Fake {
+        fn new() -> Fake {
+            let frames = Arc::new(Mutex::new(vec![]));
+            let closed = Arc::new(Mutex::new(None));
+            let addr = FakeConn {
+                frames: frames.clone(),
+                closed: closed.clone(),
+            }
+            .start();
+            Fake {
+                conn: next_conn_id(),
+                frames,
+                closed,
+                handle: ConnHandle::of(&addr),
+            }
+        }
+
+        fn identify(&self, hub: &Addr<Hub>, client_id: &str, peer: Option<Peer>) {
+            hub.do_send(ConnectionIdentified {
+                conn: self.conn,
+                handle: self.handle.clone(),
+                client_id: client_id.into(),
+                is_server: peer.is_some(),
+                peer,
+                outbound: false,
+                ping_id: Some("ping".into()),
+                servers: vec![],
+            });
+        }
+
+        async fn wait(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+            for _ in 0..500 {
+                if let Some(v) = self.frames.lock().unwrap().iter().find(|v| pred(v)) {
+                    return v.clone();
+                }
+                actix_rt::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("no {what}: got {:?}", self.frames.lock().unwrap());
+        }
+
+        fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
+            self.frames
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|v| pred(v))
+                .count()
+        }
+    }
+
+    struct Setup {
+        hub: Addr<Hub>,
+        key: Arc<NodeKey>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let st = Storage::new(db, false).unwrap();
+        let storage = SyncArbiter::start(1, move || st.clone());
+        let key = Arc::new(NodeKey::generate(KeyScheme::Secp256k1));
+        let k = key.clone();
+        let crypto = SyncArbiter::start(1, move || Crypto::new(k.clone()));
+        let settings = HubSettings {
+            topic: "t".into(),
+            address: key.address().into(),
+            client_id: key.client_id().into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            pow: 0,
+            limits: Limits::default(),
+        };
+        let me = Peer::sign(&key, "t", "127.0.0.1", 1, now_ms());
+        let hub = Hub::new(settings, storage, crypto, me).start();
+        Setup {
+            hub,
+            key,
+            _dir: dir,
+        }
+    }
+
+    fn put_frame(id: &str, to: Vec<String>, record: &Record) -> FrameReceived {
+        FrameReceived {
+            conn: 0,
+            msg: WireMessage::Put(PutData {
+                id: id.into(),
+                to,
+                data: record.clone(),
+            }),
+        }
+    }
+
+    #[actix::test]
+    async fn a_put_reaches_subscribers_and_servers_not_in_to() {
+        let s = setup();
+        let writer = Fake::new();
+        let sub = Fake::new();
+        let server = Fake::new();
+        let server_in_to = Fake::new();
+        writer.identify(&s.hub, "writer", None);
+        sub.identify(&s.hub, "sub", None);
+        let k1 = NodeKey::generate(KeyScheme::P256);
+        let k2 = NodeKey::generate(KeyScheme::P256);
+        server.identify(
+            &s.hub,
+            k1.client_id(),
+            Some(Peer::sign(&k1, "t", "h", 2, now_ms())),
+        );
+        server_in_to.identify(
+            &s.hub,
+            k2.client_id(),
+            Some(Peer::sign(&k2, "t", "h", 3, now_ms())),
+        );
+        s.hub.do_send(FrameReceived {
+            conn: sub.conn,
+            msg: WireMessage::Subscribe(KeyRequest {
+                id: "s1".into(),
+                to: vec![],
+                key: "k".into(),
+            }),
+        });
+        let rec = sign_record(
+            &NodeKey::generate(KeyScheme::P256),
+            "k",
+            &json!(1),
+            now_ms(),
+        );
+        let mut frame = put_frame("p1", vec!["writer".into(), k2.client_id().into()], &rec);
+        frame.conn = writer.conn;
+        s.hub.do_send(frame);
+
+        let push = sub.wait("push", |v| v["type"] == "put").await;
+        assert_ne!(push["id"], "p1", "a push carries a fresh id");
+        assert_eq!(push["data"]["h"], rec.hash.as_str());
+        let relayed = server.wait("relay", |v| v["type"] == "put").await;
+        assert_eq!(relayed["id"], "p1", "a relay keeps the id, for dedupe");
+        let to: Vec<String> = serde_json::from_value(relayed["to"].clone()).unwrap();
+        assert!(to.contains(&"writer".to_string()) && to.contains(&s.key.client_id().to_string()));
+        // The server already in `to` and the writer get nothing.
+        server.wait("pong", |v| v["type"] == "pong").await;
+        assert_eq!(server_in_to.count(|v| v["type"] == "put"), 0);
+        assert_eq!(writer.count(|v| v["type"] == "put"), 0);
+    }
+
+    #[actix::test]
+    async fn a_connection_to_ourselves_is_closed() {
+        let s = setup();
+        let me = Fake::new();
+        me.identify(
+            &s.hub,
+            s.key.client_id(),
+            Some(Peer::sign(&s.key, "t", "h", 1, now_ms())),
+        );
+        for _ in 0..200 {
+            if me.closed.lock().unwrap().is_some() {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(me
+            .closed
+            .lock()
+            .unwrap()
+            .as_deref()
+            .unwrap_or("")
+            .contains("itself"));
+        let snap = s.hub.send(GetPeers).await.unwrap();
+        assert!(snap.servers.is_empty() && snap.connected.is_empty());
+    }
+
+    #[actix::test]
+    async fn a_subscription_follows_the_client_to_its_new_connection() {
+        let s = setup();
+        let old = Fake::new();
+        old.identify(&s.hub, "c", None);
+        s.hub.do_send(FrameReceived {
+            conn: old.conn,
+            msg: WireMessage::Subscribe(KeyRequest {
+                id: "s".into(),
+                to: vec![],
+                key: "k".into(),
+            }),
+        });
+        s.hub.do_send(ConnectionClosed { conn: old.conn });
+        let new = Fake::new();
+        new.identify(&s.hub, "c", None);
+        let writer = Fake::new();
+        writer.identify(&s.hub, "w", None);
+        let rec = sign_record(
+            &NodeKey::generate(KeyScheme::P256),
+            "k",
+            &json!(2),
+            now_ms(),
+        );
+        let mut frame = put_frame("p", vec![], &rec);
+        frame.conn = writer.conn;
+        s.hub.do_send(frame);
+        new.wait("push on the new connection", |v| v["type"] == "put")
+            .await;
+        assert_eq!(old.count(|v| v["type"] == "put"), 0);
+    }
+
+    #[actix::test]
+    async fn a_relayed_get_is_answered_to_the_client_that_asked() {
+        let s = setup();
+        let client = Fake::new();
+        client.identify(&s.hub, "asker", None);
+        let k = NodeKey::generate(KeyScheme::P256);
+        let server = Fake::new();
+        server.identify(
+            &s.hub,
+            k.client_id(),
+            Some(Peer::sign(&k, "t", "h", 2, now_ms())),
+        );
+        s.hub.do_send(FrameReceived {
+            conn: client.conn,
+            msg: WireMessage::Get(KeyRequest {
+                id: "g1".into(),
+                to: vec![],
+                key: "far".into(),
+            }),
+        });
+        let relayed = server.wait("relayed get", |v| v["type"] == "get").await;
+        assert_eq!(relayed["id"], "g1");
+        // The server answers with a put carrying the get's id.
+        let rec = sign_record(
+            &NodeKey::generate(KeyScheme::P256),
+            "far",
+            &json!("x"),
+            now_ms(),
+        );
+        let mut answer = put_frame("g1", vec![k.client_id().into()], &rec);
+        answer.conn = server.conn;
+        s.hub.do_send(answer);
+        let got = client.wait("answer", |v| v["id"] == "g1").await;
+        assert_eq!(got["type"], "put");
+        assert_eq!(got["data"]["v"], "x");
     }
 }
