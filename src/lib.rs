@@ -4,6 +4,7 @@ pub mod bounded;
 pub mod config;
 pub mod crdt;
 pub mod crypto;
+pub mod dht;
 pub mod messages;
 pub mod peer;
 pub mod record;

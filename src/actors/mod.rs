@@ -3,6 +3,7 @@
 //! `SyncArbiter` pools for the slow work.
 pub mod client_session;
 pub mod crypto;
+pub mod dht_channel;
 pub mod hub;
 pub mod peer_connection;
 pub mod storage;

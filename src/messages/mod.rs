@@ -2,6 +2,7 @@
 //! the actor that receives them.
 pub mod connection;
 pub mod crypto;
+pub mod dht;
 pub mod hub;
 pub mod storage;
 pub mod wire;

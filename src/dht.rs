@@ -1,0 +1,280 @@
+//! DHT discovery, the pure part: the topic's info hash, when to look up and
+//! announce, whether we may announce, de-duplication of found endpoints,
+//! and the domain error. The `DhtChannel` actor
+//! (`src/actors/dht_channel.rs`) does the I/O with these.
+
+use std::collections::HashSet;
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use sha1::{Digest, Sha1};
+
+/// Delay before the second lookup of a topic; later ones double from here.
+pub const LOOKUP_FIRST_DELAY: Duration = Duration::from_secs(1);
+/// Default cap of the delay between two lookups of a topic.
+pub const LOOKUP_MAX: Duration = Duration::from_secs(5 * 60);
+/// How often we re-announce a topic. BEP 5 peers live about 30 minutes on
+/// most storage nodes; `mainline` storage nodes key stored peers by the
+/// random id each announce carries, so announcing more often than needed
+/// fills replies with copies of ourselves (DHT-NOTES.md).
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(10 * 60);
+/// Delay before an announce that failed is tried again.
+pub const ANNOUNCE_RETRY: Duration = Duration::from_secs(30);
+/// How long, after the DHT is up, we wait for it to tell whether we are
+/// reachable from outside before announcing is put off to the next round.
+pub const REACHABILITY_GRACE: Duration = Duration::from_secs(30);
+/// How often an undecided reachability is checked again during the grace.
+pub const REACHABILITY_POLL: Duration = Duration::from_millis(250);
+/// First delay before the DHT is rebuilt after it failed.
+pub const RETRY_INITIAL: Duration = Duration::from_secs(1);
+/// Cap of the delay between two attempts to rebuild the DHT.
+pub const RETRY_MAX: Duration = Duration::from_secs(120);
+/// Longest a lookup may run; `mainline` normally ends one within seconds.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest an announce may run.
+pub const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest the bootstrap (a `find_node` of our own id) may run.
+pub const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often we ask the DHT whether it still reaches any node.
+pub const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(120);
+/// How often the cached node info (public address, reachability) is
+/// refreshed from the DHT thread; a local call, no network traffic.
+pub const INFO_REFRESH_EVERY: Duration = Duration::from_secs(5);
+
+/// The BitTorrent info hash of a topic: SHA-1 of its UTF-8 bytes, as npm
+/// `discovery-channel` (what JS Tool Db servers use) computes it.
+pub fn topic_info_hash(topic: &str) -> [u8; 20] {
+    Sha1::digest(topic.as_bytes()).into()
+}
+
+/// When a topic is looked up next: at once when joined, then after
+/// `LOOKUP_FIRST_DELAY`, doubling up to a cap. `reset` brings it back to
+/// the short end (e.g. when a known server was lost).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupSchedule {
+    next: Option<Duration>,
+    initial: Duration,
+    max: Duration,
+}
+
+impl LookupSchedule {
+    /// A schedule starting at `initial` and capped at `max` (at least `initial`).
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        LookupSchedule {
+            next: None,
+            initial,
+            max: max.max(initial),
+        }
+    }
+
+    /// The delay before the next lookup; advances the schedule.
+    pub fn next_delay(&mut self) -> Duration {
+        match self.next {
+            None => {
+                self.next = Some(self.initial);
+                Duration::ZERO
+            }
+            Some(d) => {
+                self.next = Some(d.saturating_mul(2).min(self.max));
+                d
+            }
+        }
+    }
+
+    /// Back to short delays: the next one is `initial` again.
+    pub fn reset(&mut self) {
+        self.next = Some(self.initial);
+    }
+}
+
+impl Default for LookupSchedule {
+    fn default() -> Self {
+        LookupSchedule::new(LOOKUP_FIRST_DELAY, LOOKUP_MAX)
+    }
+}
+
+/// Whether the DHT can reach us from outside, as `mainline` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reachability {
+    /// No node has told us our public address yet.
+    Unknown,
+    /// A ping we sent to our public address came back to us.
+    Reachable,
+    /// We know our public address but could not confirm it is reachable
+    /// (behind NAT or a firewall, or not confirmed yet).
+    Firewalled,
+}
+
+impl Reachability {
+    /// From `mainline::rpc::Info`'s `public_address()` and `firewalled()`.
+    pub fn from_info(public_address: Option<SocketAddrV4>, firewalled: bool) -> Self {
+        match (public_address, firewalled) {
+            (None, _) => Reachability::Unknown,
+            (Some(_), false) => Reachability::Reachable,
+            (Some(_), true) => Reachability::Firewalled,
+        }
+    }
+}
+
+/// What to do about announcing a topic now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnnounceDecision {
+    Announce,
+    /// Reachability is not settled yet: ask again shortly.
+    WaitForReachability,
+    /// Not reachable from outside: look up only, try again next round.
+    Skip,
+}
+
+/// Announce only a node the DHT reports reachable. While the DHT has been
+/// up for less than `grace`, an unreachable answer may just not be
+/// confirmed yet, so we wait rather than give up.
+pub fn announce_decision(
+    reachability: Reachability,
+    up_for: Duration,
+    grace: Duration,
+) -> AnnounceDecision {
+    match reachability {
+        Reachability::Reachable => AnnounceDecision::Announce,
+        _ if up_for < grace => AnnounceDecision::WaitForReachability,
+        _ => AnnounceDecision::Skip,
+    }
+}
+
+/// The endpoints of `batch` not in `seen` yet, in order, each once; adds
+/// them to `seen`. One DHT reply per storage node repeats the same peers,
+/// so a lookup keeps one `seen` set for all its replies.
+pub fn new_endpoints(
+    seen: &mut HashSet<SocketAddrV4>,
+    batch: &[SocketAddrV4],
+) -> Vec<SocketAddrV4> {
+    batch.iter().copied().filter(|e| seen.insert(*e)).collect()
+}
+
+/// Why DHT discovery is not working. Every variant but `Announce` makes
+/// the `DhtChannel` stop so its supervisor rebuilds the DHT after a backoff.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DhtError {
+    #[error("no DHT bootstrap node could be resolved from {bootstrap:?}")]
+    NoBootstrapResolved { bootstrap: Vec<String> },
+    #[error("cannot open the DHT socket (port {port:?}): {reason}")]
+    Socket { port: Option<u16>, reason: String },
+    #[error("no DHT bootstrap node answered ({bootstrap:?})")]
+    NotBootstrapped { bootstrap: Vec<String> },
+    #[error("the DHT bootstrap took longer than {timeout:?}")]
+    BootstrapTimeout { timeout: Duration },
+    #[error("the DHT no longer reaches any node")]
+    Lost,
+    #[error("the mainline DHT thread stopped")]
+    ThreadGone,
+    #[error("announcing topic {topic} failed: {reason}")]
+    Announce { topic: String, reason: String },
+    #[error("only IPv4 is supported by the DHT, not {addr}")]
+    NotIpv4 { addr: std::net::SocketAddr },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_hash_is_sha1_of_the_topic_bytes() {
+        // Values from Python's hashlib.sha1(topic.encode()).hexdigest().
+        assert_eq!(
+            hex::encode(topic_info_hash("abc")),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
+        assert_eq!(
+            hex::encode(topic_info_hash("tool-db-default")),
+            "69c934af892d9a5a646db8e875d9bffc685c8199"
+        );
+        assert_eq!(
+            hex::encode(topic_info_hash("tópico")),
+            "d2254a4077712b02d73d4fa1b92d6731f939d7fc",
+            "UTF-8 bytes"
+        );
+    }
+
+    #[test]
+    fn lookups_start_at_once_then_double_up_to_the_cap() {
+        let s = Duration::from_secs;
+        let mut sched = LookupSchedule::new(s(1), s(10));
+        let got: Vec<_> = (0..7).map(|_| sched.next_delay()).collect();
+        assert_eq!(
+            got,
+            vec![s(0), s(1), s(2), s(4), s(8), s(10), s(10)],
+            "immediate, growing, capped"
+        );
+        sched.reset();
+        assert_eq!(sched.next_delay(), s(1), "reset goes back to short");
+        assert_eq!(sched.next_delay(), s(2));
+    }
+
+    #[test]
+    fn a_cap_below_the_first_delay_is_raised_to_it() {
+        let mut sched = LookupSchedule::new(Duration::from_secs(2), Duration::from_secs(1));
+        sched.next_delay();
+        assert_eq!(sched.next_delay(), Duration::from_secs(2));
+        assert_eq!(sched.next_delay(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn default_schedule_and_announce_interval_respect_peer_lifetime() {
+        let mut sched = LookupSchedule::default();
+        let mut last = Duration::ZERO;
+        for _ in 0..64 {
+            last = sched.next_delay();
+        }
+        assert_eq!(last, LOOKUP_MAX);
+        assert!(
+            ANNOUNCE_EVERY <= Duration::from_secs(15 * 60),
+            "well under BEP 5's ~30 min"
+        );
+        assert!(ANNOUNCE_EVERY >= Duration::from_secs(5 * 60), "not spammy");
+    }
+
+    #[test]
+    fn reachability_from_mainline_info() {
+        let a: SocketAddrV4 = "1.2.3.4:5".parse().unwrap();
+        assert_eq!(Reachability::from_info(None, true), Reachability::Unknown);
+        assert_eq!(Reachability::from_info(None, false), Reachability::Unknown);
+        assert_eq!(
+            Reachability::from_info(Some(a), false),
+            Reachability::Reachable
+        );
+        assert_eq!(
+            Reachability::from_info(Some(a), true),
+            Reachability::Firewalled
+        );
+    }
+
+    #[test]
+    fn only_a_reachable_node_announces_and_an_undecided_one_waits() {
+        let g = Duration::from_secs(30);
+        let early = Duration::from_secs(1);
+        let late = Duration::from_secs(31);
+        use AnnounceDecision::*;
+        use Reachability::*;
+        assert_eq!(announce_decision(Reachable, early, g), Announce);
+        assert_eq!(announce_decision(Reachable, late, g), Announce);
+        assert_eq!(announce_decision(Unknown, early, g), WaitForReachability);
+        assert_eq!(announce_decision(Firewalled, early, g), WaitForReachability);
+        assert_eq!(announce_decision(Unknown, late, g), Skip);
+        assert_eq!(announce_decision(Firewalled, late, g), Skip);
+    }
+
+    #[test]
+    fn endpoints_are_deduplicated_within_a_lookup() {
+        let e = |p: u16| SocketAddrV4::new([127, 0, 0, 1].into(), p);
+        let mut seen = HashSet::new();
+        assert_eq!(
+            new_endpoints(&mut seen, &[e(1), e(2), e(1)]),
+            vec![e(1), e(2)]
+        );
+        assert_eq!(new_endpoints(&mut seen, &[e(2), e(3)]), vec![e(3)]);
+        assert_eq!(
+            new_endpoints(&mut seen, &[e(1)]),
+            Vec::<SocketAddrV4>::new()
+        );
+    }
+}
