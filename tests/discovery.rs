@@ -24,9 +24,16 @@ fn client_id(n: &NodeProc) -> Value {
 
 fn meet(a: &NodeProc, b: &NodeProc) {
     let (ia, ib) = (client_id(a), client_id(b));
-    wait_for("the two servers to connect both ways", MEET, || {
-        (connected_to(a, &ib) && connected_to(b, &ia)).then_some(())
-    });
+    let deadline = std::time::Instant::now() + MEET;
+    while !(connected_to(a, &ib) && connected_to(b, &ia)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two servers did not connect both ways within {MEET:?}:\na: {}\nb: {}",
+            a.peers(),
+            b.peers()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Point 1: two servers on one topic, no --peer, find each other, connect
@@ -45,10 +52,42 @@ fn two_servers_meet_through_the_dht_and_replicate() {
             "one connection per pair: {servers:?}"
         );
     }
-    let (mut ca, _) = RawPeer::client(a.port);
+    // A client (a browser cannot reach the DHT) learns the other server
+    // from its server's pong.
+    let (mut ca, pong) = RawPeer::client(a.port);
+    let listed: Vec<&str> = pong["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["address"].as_str().unwrap())
+        .collect();
+    assert!(
+        listed.contains(&b.health()["address"].as_str().unwrap()),
+        "{pong}"
+    );
     let (mut cb, _) = RawPeer::client(b.port);
     ca.put("via-dht", json!("hello"));
     cb.wait_value("via-dht", &json!("hello"));
+}
+
+/// Known servers persist in the peer book and are dialed on restart, before
+/// (here: without) any DHT answer.
+#[test]
+fn the_peer_book_is_dialed_on_restart() {
+    let b = NodeProc::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let mut a = NodeProc::start_in(
+        &dir,
+        free_port(),
+        &["--peer", &format!("127.0.0.1:{}", b.port)],
+    );
+    meet(&a, &b);
+    a.kill();
+    // No --peer, no DHT: only the book knows b.
+    let a = NodeProc::start_in(&dir, free_port(), &[]);
+    meet(&a, &b);
+    assert!(a.log().contains("dialing servers from the peer book"));
 }
 
 /// Point 2: a server on another topic is never dialed.
@@ -156,11 +195,14 @@ fn junk_announcements_cost_bounded_work() {
     meet(&a, &b);
     // Give the junk time to be found and refused, then count dials.
     let junk_eps: HashSet<String> = junk.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let seen = wait_for("junk endpoints to be found", MEET, || {
+    // Dialers give junk back after a few failures; the registry quarantines it.
+    let seen = wait_for("junk endpoints to be quarantined", MEET, || {
         let eps = a.peers()["endpoints"].as_array().unwrap().clone();
         let n = eps
             .iter()
-            .filter(|e| junk_eps.contains(e["endpoint"].as_str().unwrap()))
+            .filter(|e| {
+                junk_eps.contains(e["endpoint"].as_str().unwrap()) && e["state"] == "quarantined"
+            })
             .count();
         (n >= 5).then_some(eps)
     });

@@ -272,6 +272,11 @@ impl Supervised for PeerConnection {
         self.sink = None;
         self.conn = next_conn_id();
         self.state = State::Idle;
+        let limit = self.services.config.peering.give_up_after;
+        if self.registry.is_some() && limit > 0 && self.failures > limit {
+            tracing::info!(peer = %self.target(), failures = limit, "giving this endpoint back to the registry");
+            self.give_up(false, format!("{limit} dials failed"));
+        }
     }
 }
 

@@ -204,6 +204,9 @@ impl Storage {
         if newer {
             let bytes = serde_json::to_vec(peer).expect("a peer record serialises");
             self.peers.insert(peer.address.as_bytes(), bytes)?;
+            // Rare and small: flushed at once, so a restart after kill -9
+            // still finds the servers it knew.
+            self.db.flush()?;
         }
         Ok(())
     }
