@@ -611,9 +611,11 @@ impl Hub {
             }
             .into_actor(self)
             .map(|res, act, _| {
-                for peer in res.unwrap_or_default() {
-                    act.learn_server(peer);
+                let peers = res.unwrap_or_default();
+                for peer in &peers {
+                    act.learn_server(peer.clone());
                 }
+                act.report_listed(peers);
             }),
         );
     }
@@ -663,6 +665,11 @@ impl Handler<ConnectionIdentified> for Hub {
             .is_some_and(|p| p.address == self.settings.address)
         {
             tracing::info!(conn = msg.conn, "closing a connection to ourselves");
+            // The pong first: it tells our own dialer that this endpoint is us.
+            if let Some(ping_id) = &msg.ping_id {
+                let pong = self.pong_frame(ping_id);
+                msg.handle.send.do_send(SendFrame { text: pong.into() });
+            }
             msg.handle.close.do_send(CloseConnection {
                 reason: "this is the same node: refusing a connection to itself".into(),
             });
