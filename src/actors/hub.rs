@@ -1033,6 +1033,9 @@ mod tests {
             .as_deref()
             .unwrap_or("")
             .contains("itself"));
+        // The pong went first: our own dialer learns from it that this endpoint is us.
+        let pong = me.wait("pong", |v| v["type"] == "pong").await;
+        assert_eq!(pong["clientId"], s.key.client_id());
         let snap = s.hub.send(GetPeers).await.unwrap();
         assert!(snap.servers.is_empty() && snap.connected.is_empty());
     }
