@@ -17,6 +17,11 @@ fn identity_fields(kind: CrdtKind) -> &'static [&'static str] {
     }
 }
 
+/// A change's identity as canonical text (see `identity_fields`).
+pub fn identity_of(kind: CrdtKind, change: &Value) -> String {
+    identity(kind, change)
+}
+
 fn identity(kind: CrdtKind, change: &Value) -> String {
     let parts: Vec<&Value> = identity_fields(kind)
         .iter()

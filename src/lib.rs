@@ -7,6 +7,7 @@ pub mod crypto;
 pub mod dht;
 pub mod messages;
 pub mod peer;
+pub mod reconcile;
 pub mod record;
 pub mod registry;
 pub mod server;
