@@ -177,6 +177,34 @@ async fn namespaces_queries_maps_and_functions() {
     c.close();
 }
 
+/// Proof of work: a client configured like the server writes records
+/// whose hash has the zeros; one without it is refused by that server.
+#[actix::test]
+async fn proof_of_work_when_configured() {
+    init_tracing();
+    let node = NodeProc::start(&["--pow", "3"]);
+    let c = Client::builder()
+        .peers([addr(&node)])
+        .pow(3)
+        .connect()
+        .await
+        .unwrap();
+    let r = c.put("pow-key", json!({"work": true})).await.unwrap();
+    assert!(r.hash.starts_with("000"), "{}", r.hash);
+    assert_eq!(r.verify(now_ms(), 3), Ok(()));
+    let lazy = Client::builder()
+        .peers([addr(&node)])
+        .request_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .unwrap();
+    // (A hash without work starts with 000 once in 4096 puts; then this would pass the server.)
+    let err = lazy.put("pow-lazy", json!(1)).await.unwrap_err();
+    assert!(err.to_string().contains("no server confirmed"), "{err}");
+    c.close();
+    lazy.close();
+}
+
 /// Issue 5, test 2 (library): a subscription given one server, keeping one
 /// connection, goes on after that server is killed: the client replaces it
 /// with the server it learned from the pong, fills the gap (a write made

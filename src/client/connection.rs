@@ -268,3 +268,24 @@ impl Handler<CloseServer> for ServerConnection {
         self.close(&msg.reason, ctx);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KeyScheme;
+
+    #[test]
+    fn listed_servers_that_fail_verification_are_dropped() {
+        let good = Peer::sign(&NodeKey::generate(KeyScheme::P256), "t", "h", 1, 5);
+        let mut moved = Peer::sign(&NodeKey::generate(KeyScheme::Secp256k1), "t", "h", 2, 5);
+        moved.port = 3;
+        let other_topic = Peer::sign(&NodeKey::generate(KeyScheme::Secp256k1), "u", "h", 4, 5);
+        let listed = vec![
+            serde_json::to_value(&good).unwrap(),
+            serde_json::to_value(&moved).unwrap(),
+            serde_json::to_value(&other_topic).unwrap(),
+            serde_json::json!({"topic": "t"}),
+        ];
+        assert_eq!(verified_servers(&listed, "t"), vec![good]);
+    }
+}
