@@ -29,6 +29,8 @@ pub struct Config {
     /// DHT bootstrap nodes; empty = the public Mainline bootstrap nodes.
     pub dht_bootstrap: Vec<String>,
     pub no_dht: bool,
+    /// UDP port of our DHT node; 0 = any free port.
+    pub dht_port: u16,
     /// Proof of work: leading zeros required in a record's hash (0 = off).
     pub pow: u32,
     /// The node's own key type: "secp256k1" or "p256".
@@ -78,6 +80,13 @@ pub struct Peering {
     pub backoff_max_ms: u64,
     /// How long a dial may take before it counts as failed, in ms.
     pub connect_timeout_ms: u64,
+    /// Consecutive failed dials after which a dialer hands its endpoint
+    /// back to the registry, which quarantines it with growing delays.
+    pub give_up_after: u32,
+    /// First quarantine delay of an endpoint given back, in ms.
+    pub quarantine_initial_ms: u64,
+    /// Cap of the growing quarantine delay, in ms.
+    pub quarantine_max_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +109,7 @@ impl Default for Config {
             peers: vec![],
             dht_bootstrap: vec![],
             no_dht: false,
+            dht_port: 0,
             pow: 0,
             key_scheme: KeyScheme::Secp256k1,
             limits: Limits::default(),
@@ -135,6 +145,9 @@ impl Default for Peering {
             backoff_initial_ms: 500,
             backoff_max_ms: 30_000,
             connect_timeout_ms: 5_000,
+            give_up_after: 3,
+            quarantine_initial_ms: 5_000,
+            quarantine_max_ms: 600_000,
         }
     }
 }

@@ -9,4 +9,5 @@ pub mod dht;
 pub mod messages;
 pub mod peer;
 pub mod record;
+pub mod registry;
 pub mod server;

@@ -2,7 +2,7 @@
 //! `--config` file < `TOOLDB_*` environment < flags.
 
 use std::io::Write as _;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,6 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use tooldb_node::client::{Client, DEFAULT_REQUEST_TIMEOUT};
 use tooldb_node::config::Config;
 use tooldb_node::crypto::KeyScheme;
+
+mod cli;
 
 #[derive(Parser)]
 #[command(
@@ -25,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server: websocket for Tool Db peers, HTTP /health and /peers.
+    /// Run the server: websocket for Tool Db peers, HTTP /health and /peers;
+    /// announces itself and finds the other servers of its topic on the DHT.
     Serve(ServeArgs),
     /// Client: sign and write VALUE (JSON, or else a string) under KEY; prints the record.
     Put(PutArgs),
@@ -35,6 +38,17 @@ enum Command {
     Watch(KeyArgs),
     /// Client: list the keys starting with PREFIX; prints a JSON array.
     Query(QueryArgs),
+    /// Look a topic up on the DHT without announcing; print each server
+    /// endpoint found as one JSON line {"host":..,"port":..}.
+    Discover(cli::DiscoverArgs),
+    /// Run a plain DHT node with no bootstrap of its own: the first node of
+    /// a private DHT. It serves mainline-family clients (this program, the
+    /// Rust `mainline` crate) only: JS `bittorrent-dht`/`discovery-channel`
+    /// and libtorrent use 2-byte KRPC transaction ids, which it ignores.
+    DhtBootstrap(cli::DhtBootstrapArgs),
+    /// Offline demo: a private DHT plus N servers on 127.0.0.1 that find and
+    /// connect to each other, printing what happens as JSON lines.
+    Cluster(cli::ClusterArgs),
 }
 
 /// How a client command finds servers and signs.
@@ -114,9 +128,12 @@ struct ServeArgs {
     /// A server to dial and keep connected (HOST:PORT); repeatable.
     #[arg(long = "peer", value_name = "HOST:PORT")]
     peers: Vec<String>,
-    /// A DHT bootstrap node (HOST:PORT); repeatable.
+    /// A DHT bootstrap node (HOST:PORT); repeatable. Default: the public ones.
     #[arg(long = "dht-bootstrap", value_name = "HOST:PORT")]
     dht_bootstrap: Vec<String>,
+    /// UDP port of our DHT node (0 = any free port).
+    #[arg(long)]
+    dht_port: Option<u16>,
     /// Do not use the DHT.
     #[arg(long)]
     no_dht: bool,
@@ -146,6 +163,9 @@ impl ServeArgs {
         if !self.dht_bootstrap.is_empty() {
             c.dht_bootstrap = self.dht_bootstrap;
         }
+        if let Some(v) = self.dht_port {
+            c.dht_port = v;
+        }
         if self.no_dht {
             c.no_dht = true;
         }
@@ -170,8 +190,8 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Client commands print JSON on stdout; their log stays quiet by default.
     let default_level = match cli.command {
-        Command::Serve(_) => "info",
-        _ => "warn",
+        Command::Put(_) | Command::Get(_) | Command::Watch(_) | Command::Query(_) => "warn",
+        _ => "info",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -182,6 +202,9 @@ fn run() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => serve(args.into_config()?),
+        Command::Discover(args) => cli::discover(args),
+        Command::DhtBootstrap(args) => cli::dht_bootstrap(args),
+        Command::Cluster(args) => cli::cluster(args),
         Command::Put(args) => client_put(args),
         Command::Get(args) => client_get(args),
         Command::Watch(args) => client_watch(args),
@@ -286,15 +309,19 @@ async fn report_bad_servers(client: &Client) {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    if !config.no_dht {
-        tracing::warn!(
-            "DHT discovery is not built into this version yet; serving with static --peer entries only"
-        );
-    }
     let bind = format!("{}:{}", config.host, config.port);
-    let listener = TcpListener::bind(&bind).with_context(|| format!("cannot listen on {bind}"))?;
+    let listener: TcpListener = bind
+        .parse::<SocketAddr>()
+        .ok()
+        .map_or_else(|| TcpListener::bind(&bind), TcpListener::bind)
+        .with_context(|| format!("cannot listen on {bind}"))?;
     actix::System::new().block_on(async move {
         let node = tooldb_node::server::start(config, listener)?;
+        let stopper = node.stopper();
+        actix_rt::spawn(async move {
+            cli::wait_for_signal().await;
+            stopper.stop().await;
+        });
         node.run().await.context("server failed")
     })
 }

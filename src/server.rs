@@ -3,8 +3,9 @@
 //! peer, and the HTTP/websocket listener on an already-bound socket (so
 //! tests bind 127.0.0.1:0). Must run inside an actix system.
 
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -12,13 +13,17 @@ use actix_web_actors::ws;
 
 use crate::actors::client_session::ClientSession;
 use crate::actors::crypto::Crypto;
+use crate::actors::dht_channel::{DhtChannel, DhtSettings};
+use crate::actors::hub::RegistryLink;
 use crate::actors::hub::{Hub, HubSettings};
-use crate::actors::peer_connection::PeerConnection;
+use crate::actors::peer_registry::{PeerRegistry, UseDht};
 use crate::actors::storage::Storage;
 use crate::actors::Services;
 use crate::config::Config;
 use crate::crypto::NodeKey;
-use crate::messages::hub::GetPeers;
+use crate::messages::dht::{GetDhtStatus, JoinTopic, LeaveTopic};
+use crate::messages::hub::{CloseAll, GetPeers, SetPublicHost};
+use crate::messages::registry::GetRegistryView;
 use crate::messages::storage::FlushStorage;
 use crate::peer::Peer;
 use crate::record::now_ms;
@@ -51,16 +56,21 @@ pub struct Node {
     pub client_id: String,
     pub port: u16,
     pub hub: Addr<Hub>,
+    pub registry: Addr<PeerRegistry>,
     pub storage: Addr<Storage>,
+    /// Kept so the supervisor keeps the DHT channel running.
+    pub dht: Option<Addr<DhtChannel>>,
     pub http: actix_web::dev::ServerHandle,
-    /// Kept so the supervisors keep reconnecting.
-    pub peers: Vec<Addr<PeerConnection>>,
     server: Option<actix_web::dev::Server>,
+    topic: String,
 }
 
+/// How long a graceful stop waits for close frames to go out.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
 impl Node {
-    /// Serves until the HTTP server stops (SIGINT/SIGTERM, or `http.stop`),
-    /// then flushes storage.
+    /// Serves until the HTTP server stops (see `shutdown`), then flushes
+    /// storage.
     pub async fn run(mut self) -> std::io::Result<()> {
         let server = self.server.take().expect("run is called once");
         let result = server.await;
@@ -70,6 +80,49 @@ impl Node {
             Err(e) => tracing::error!(error = %e, "storage unreachable at shutdown"),
         }
         result
+    }
+
+    /// A handle that stops the node gracefully from anywhere.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            hub: self.hub.clone(),
+            dht: self.dht.clone(),
+            http: self.http.clone(),
+            topic: self.topic.clone(),
+        }
+    }
+}
+
+/// Stops a node: leaves the DHT topic (no more announces), closes every
+/// socket with a close frame, then stops the HTTP server; `Node::run` then
+/// flushes storage and returns.
+#[derive(Clone)]
+pub struct Stopper {
+    hub: Addr<Hub>,
+    dht: Option<Addr<DhtChannel>>,
+    http: actix_web::dev::ServerHandle,
+    topic: String,
+}
+
+impl Stopper {
+    pub async fn stop(&self) {
+        tracing::info!("stopping: leaving the DHT topic and closing connections");
+        if let Some(dht) = &self.dht {
+            let _ = dht
+                .send(LeaveTopic {
+                    topic: self.topic.clone(),
+                })
+                .await;
+        }
+        let _ = self
+            .hub
+            .send(CloseAll {
+                reason: "server shutting down".into(),
+            })
+            .await;
+        // Let the close frames leave before the workers stop.
+        actix_rt::time::sleep(CLOSE_GRACE).await;
+        self.http.stop(true).await;
     }
 }
 
@@ -83,6 +136,17 @@ pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
     let (host, port) = s.rsplit_once(':')?;
     let port = port.parse().ok()?;
     (!host.is_empty()).then(|| (host.to_owned(), port))
+}
+
+/// The DHT settings a server uses, from its configuration.
+pub fn dht_settings(config: &Config) -> DhtSettings {
+    DhtSettings {
+        bootstrap: config.dht_bootstrap.clone(),
+        // 0 = any free port (Some(0)); mainline's own default would take 6881.
+        port: Some(config.dht_port),
+        bind: config.host.parse().unwrap_or(Ipv4Addr::UNSPECIFIED),
+        ..DhtSettings::default()
+    }
 }
 
 pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> {
@@ -106,6 +170,9 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let crypto_key = key.clone();
     let crypto = SyncArbiter::start(cores, move || Crypto::new(crypto_key.clone()));
+    for p in &config.peers {
+        parse_host_port(p).ok_or_else(|| StartError::BadPeer(p.clone()))?;
+    }
 
     let port = listener.local_addr().map_err(StartError::Listen)?.port();
     let host = config.advertised_host();
@@ -114,12 +181,40 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         topic: config.topic.clone(),
         address: key.address().to_owned(),
         client_id: key.client_id().to_owned(),
-        host,
+        host: host.clone(),
         port,
         pow: config.pow,
         limits: config.limits.clone(),
     };
-    let hub = Hub::new(settings, storage.clone(), crypto.clone(), self_peer).start();
+    let self_endpoints: Vec<String> = [host.as_str(), "127.0.0.1", "localhost", "0.0.0.0"]
+        .iter()
+        .map(|h| format!("{h}:{port}"))
+        .collect();
+    // The hub and the registry hold each other's addresses.
+    let mut registry_out = None;
+    let hub = Hub::create(|hub_ctx| {
+        let services = Services {
+            hub: hub_ctx.address(),
+            crypto: crypto.clone(),
+            config: config.clone(),
+            client_id: key.client_id().into(),
+        };
+        let registry = PeerRegistry::new(
+            services,
+            storage.clone(),
+            key.address().to_owned(),
+            self_endpoints,
+        )
+        .start();
+        let link = RegistryLink {
+            connected: registry.clone().recipient(),
+            disconnected: registry.clone().recipient(),
+            listed: registry.clone().recipient(),
+        };
+        registry_out = Some(registry);
+        Hub::new(settings, storage.clone(), crypto.clone(), self_peer).with_registry(link)
+    });
+    let registry = registry_out.expect("the hub's constructor ran");
     let services = Services {
         hub: hub.clone(),
         crypto,
@@ -127,15 +222,29 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         client_id: key.client_id().into(),
     };
 
-    let mut peers = Vec::new();
-    for p in &config.peers {
-        let (h, pt) = parse_host_port(p).ok_or_else(|| StartError::BadPeer(p.clone()))?;
-        let s = services.clone();
-        peers.push(Supervisor::start(move |_| PeerConnection::new(h, pt, s)));
-    }
+    let dht = if config.no_dht {
+        tracing::info!(
+            "DHT discovery is off (--no-dht): servers meet through --peer and pong lists"
+        );
+        None
+    } else {
+        let dht = DhtChannel::supervised(dht_settings(&config), registry.clone().recipient());
+        dht.do_send(JoinTopic {
+            topic: config.topic.clone(),
+            port: Some(port),
+        });
+        registry.do_send(UseDht(dht.clone()));
+        if config.public_host.is_empty() && host == "127.0.0.1" && config.host != "127.0.0.1" {
+            watch_public_host(dht.clone(), hub.clone());
+        }
+        Some(dht)
+    };
 
     let max_frame = config.limits.max_frame_bytes;
-    let web_services = services.clone();
+    let web_services = WebState {
+        services: services.clone(),
+        registry: registry.clone(),
+    };
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(web_services.clone()))
@@ -147,7 +256,9 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
             )
     })
     .workers(cores)
-    .shutdown_timeout(3)
+    // Signals are ours: a stop first closes sockets with a close frame.
+    .disable_signals()
+    .shutdown_timeout(2)
     .listen(listener)
     .map_err(StartError::Listen)?
     .run();
@@ -164,11 +275,40 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         client_id: key.client_id().to_owned(),
         port,
         hub,
+        registry,
         storage,
+        dht,
         http: server.handle(),
-        peers,
         server: Some(server),
+        topic: config.topic.clone(),
     })
+}
+
+/// Puts the public IP the DHT reports into our signed record, when no
+/// host was configured.
+fn watch_public_host(dht: Addr<DhtChannel>, hub: Addr<Hub>) {
+    actix_rt::spawn(async move {
+        let mut every = actix_rt::time::interval(Duration::from_secs(10));
+        loop {
+            every.tick().await;
+            match dht.send(GetDhtStatus).await {
+                Ok(status) => {
+                    if let Some(ip) = status.public_ip() {
+                        hub.do_send(SetPublicHost {
+                            host: ip.to_string(),
+                        });
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+}
+
+#[derive(Clone)]
+struct WebState {
+    services: Services,
+    registry: Addr<PeerRegistry>,
 }
 
 async fn ws_route(
@@ -177,9 +317,9 @@ async fn ws_route(
     max_frame: usize,
 ) -> Result<HttpResponse, actix_web::Error> {
     let services = req
-        .app_data::<web::Data<Services>>()
-        .expect("services are registered")
-        .get_ref()
+        .app_data::<web::Data<WebState>>()
+        .expect("state is registered")
+        .services
         .clone();
     let is_upgrade = req
         .headers()
@@ -199,7 +339,8 @@ async fn ws_route(
         .start()
 }
 
-async fn health(services: web::Data<Services>) -> HttpResponse {
+async fn health(state: web::Data<WebState>) -> HttpResponse {
+    let services = &state.services;
     match services.hub.send(GetPeers).await {
         Ok(snap) => HttpResponse::Ok().json(serde_json::json!({
             "status": "serving",
@@ -216,12 +357,22 @@ async fn health(services: web::Data<Services>) -> HttpResponse {
     }
 }
 
-async fn peers_route(services: web::Data<Services>) -> HttpResponse {
-    match services.hub.send(GetPeers).await {
-        Ok(snap) => HttpResponse::Ok()
+/// `self` (our signed record), `servers` (every known server with its
+/// state and endpoints), `endpoints` (found but not a verified server:
+/// dialing, quarantined junk, ourselves), `connected` (client ids).
+async fn peers_route(state: web::Data<WebState>) -> HttpResponse {
+    let hub = state.services.hub.send(GetPeers);
+    let registry = state.registry.send(GetRegistryView);
+    match (hub.await, registry.await) {
+        (Ok(snap), Ok(view)) => HttpResponse::Ok()
             .insert_header(("access-control-allow-origin", "*"))
-            .json(snap),
-        Err(e) => {
+            .json(serde_json::json!({
+                "self": snap.self_peer,
+                "servers": view.servers,
+                "endpoints": view.endpoints,
+                "connected": snap.connected,
+            })),
+        (Err(e), _) | (_, Err(e)) => {
             HttpResponse::ServiceUnavailable().json(serde_json::json!({ "error": e.to_string() }))
         }
     }

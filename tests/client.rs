@@ -7,19 +7,15 @@ mod common;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix::prelude::*;
 use common::*;
-use mainline::Dht;
 use serde_json::{json, Value};
-use tooldb_node::actors::dht_channel::{bootstrap_node, DhtChannel, DhtSettings};
 use tooldb_node::client::Client;
 use tooldb_node::crypto::{KeyScheme, NodeKey};
-use tooldb_node::messages::dht::{EndpointsFound, JoinTopic};
 use tooldb_node::peer::Peer;
 use tooldb_node::record::{now_ms, sign_record, Record};
 
@@ -405,94 +401,54 @@ async fn interop_with_the_npm_tool_db_client() {
 
 // ---------------------------------------------------------------- DHT
 
-/// A private DHT on 127.0.0.1: a bootstrap node and `extra` storage nodes,
-/// every socket on a port the OS picks.
-struct PrivateDht {
-    boot: SocketAddrV4,
-    _nodes: Vec<Dht>,
-}
-
-impl PrivateDht {
-    async fn start(extra: usize) -> PrivateDht {
-        let first =
-            bootstrap_node(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))).unwrap();
-        let boot = first.clone().as_async().info().await.local_addr();
-        let mut nodes = vec![first];
-        for _ in 0..extra {
-            let node = Dht::builder()
-                .server_mode()
-                .bootstrap(&[boot])
-                .bind_address(Ipv4Addr::LOCALHOST)
-                .port(0)
-                .build()
-                .unwrap();
-            assert!(node.clone().as_async().bootstrapped().await);
-            nodes.push(node);
-        }
-        PrivateDht {
-            boot,
-            _nodes: nodes,
-        }
-    }
-}
-
-/// Stands in for a server's peer registry: endpoints are not needed here.
-struct Discard;
-
-impl Actor for Discard {
-    type Context = Context<Self>;
-}
-
-impl Handler<EndpointsFound> for Discard {
-    type Result = ();
-    fn handle(&mut self, _: EndpointsFound, _: &mut Self::Context) {}
-}
-
-/// Issue 5, test 1 (DHT): clients with no static peer find the server by a
-/// passive lookup of the topic on a private DHT, put and get through it.
-/// `serve` does not announce yet, so a `DhtChannel` in the test announces
-/// the server's port for it.
+/// Issue 5, test 1 (DHT): two servers announce their topic on a private
+/// DHT (`tooldb-node dht-bootstrap`); clients with no static peer find them
+/// by a passive lookup, put through one client and get through another
+/// (and through the CLI).
 #[actix::test]
-async fn clients_find_the_server_on_the_dht() {
+async fn clients_find_servers_on_the_dht() {
     init_tracing();
-    let net = PrivateDht::start(3).await;
-    let node = NodeProc::start(&[]);
-    let announcer = DhtChannel::supervised(
-        DhtSettings {
-            bootstrap: vec![net.boot.to_string()],
-            port: Some(0),
-            bind: Ipv4Addr::LOCALHOST,
-            server_mode: true,
-            lookup_max: Duration::from_secs(2),
-            retry_initial: Duration::from_millis(100),
-            retry_max: Duration::from_millis(500),
-            ..DhtSettings::default()
-        },
-        Discard.start().recipient(),
-    );
-    announcer
-        .send(JoinTopic {
-            topic: TOPIC.into(),
-            port: Some(node.port),
-        })
-        .await
-        .unwrap();
+    let boot = DhtBoot::start();
+    let topic = "client-dht";
+    let a = NodeProc::start(&["--dht-bootstrap", &boot.addr, "--topic", topic]);
+    let b = NodeProc::start(&["--dht-bootstrap", &boot.addr, "--topic", topic]);
     let via_dht = || {
         Client::builder()
-            .dht_bootstrap([net.boot.to_string()])
+            .topic(topic)
+            .dht_bootstrap([boot.addr.clone()])
             .connect_timeout(DEADLINE)
             .connect()
     };
     let writer = via_dht().await.expect("found through the DHT");
-    let servers = writer.servers().await.unwrap();
-    assert_eq!(servers[0].port, node.port);
     let put = writer.put("dht-key", json!("found")).await.unwrap();
     let reader = via_dht().await.unwrap();
-    let got = reader.get("dht-key").await.unwrap().unwrap();
+    let got = eventually("the value through the DHT-found servers", || async {
+        reader.get("dht-key").await.unwrap()
+    })
+    .await;
     assert_eq!(got.raw(), put.raw());
-    // The CLI finds it the same way.
-    let boot = net.boot.to_string();
-    let out = cli(&["get", "dht-key", "--dht-bootstrap", &boot]);
+    eventually("the reader to connect to both servers", || async {
+        let mut ports: Vec<u16> = reader
+            .servers()
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.port)
+            .collect();
+        ports.sort_unstable();
+        let mut want = vec![a.port, b.port];
+        want.sort_unstable();
+        (ports == want).then_some(())
+    })
+    .await;
+    let out = cli(&[
+        "get",
+        "dht-key",
+        "--topic",
+        topic,
+        "--dht-bootstrap",
+        &boot.addr,
+    ]);
     assert_eq!(stdout_json(&out)["v"], "found");
     writer.close();
     reader.close();

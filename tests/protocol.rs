@@ -395,12 +395,7 @@ fn two_peered_nodes_replicate_and_relay_gets() {
     let a = NodeProc::start(&["--peer", &format!("127.0.0.1:{}", b.port)]);
     let b_id = b.health()["clientId"].clone();
     wait_for("a connected to b", Duration::from_secs(15), || {
-        a.peers()["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["clientId"] == b_id && s["state"] == "connected")
-            .then_some(())
+        connected_to(&a, &b_id).then_some(())
     });
     let (mut ca, _) = RawPeer::client(a.port);
     // A get a cannot answer is relayed to b, and b's answer passed back.
@@ -430,12 +425,7 @@ fn equal_timestamps_converge_on_the_larger_hash() {
     let a = NodeProc::start(&["--peer", &format!("127.0.0.1:{}", b.port)]);
     let b_id = b.health()["clientId"].clone();
     wait_for("a connected to b", Duration::from_secs(15), || {
-        a.peers()["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["clientId"] == b_id && s["state"] == "connected")
-            .then_some(())
+        connected_to(&a, &b_id).then_some(())
     });
     let (mut ca, _) = RawPeer::client(a.port);
     let (mut cb, _) = RawPeer::client(b.port);

@@ -253,6 +253,7 @@ impl ClientSession {
             client_id,
             peer,
             outbound: false,
+            dialed: None,
             ping_id: Some(ping.id),
             servers: vec![],
         });

@@ -25,6 +25,7 @@ use crate::crypto::sha256_hex;
 use crate::messages::connection::{CloseConnection, ConnHandle, SendFrame};
 use crate::messages::crypto::{SignPeer, VerifyRecord, VerifyServers};
 use crate::messages::hub::*;
+use crate::messages::registry::{ServerConnected, ServerDisconnected, ServersListed};
 use crate::messages::storage::*;
 use crate::messages::wire::*;
 use crate::peer::Peer;
@@ -50,6 +51,8 @@ pub struct HubSettings {
 struct Conn {
     handle: ConnHandle,
     client_id: String,
+    /// The verified server address, for server connections.
+    address: Option<String>,
     is_server: bool,
     outbound: bool,
     invalid_records: u32,
@@ -57,6 +60,14 @@ struct Conn {
 
 struct KnownServer {
     peer: Peer,
+}
+
+/// Where the hub reports server connections (the `PeerRegistry`).
+#[derive(Clone)]
+pub struct RegistryLink {
+    pub connected: Recipient<ServerConnected>,
+    pub disconnected: Recipient<ServerDisconnected>,
+    pub listed: Recipient<ServersListed>,
 }
 
 /// A server function: gets the hub's view and the call's `args`.
@@ -79,6 +90,7 @@ pub struct Hub {
     servers: HashMap<String, KnownServer>,
     /// Client ids whose current connection is a verified server.
     connected_servers: HashSet<String>,
+    registry: Option<RegistryLink>,
     functions: HashMap<&'static str, ServerFunction>,
 }
 
@@ -122,8 +134,33 @@ impl Hub {
             pending: ExpiringMap::new(MAX_PENDING),
             servers: HashMap::new(),
             connected_servers: HashSet::new(),
+            registry: None,
             functions,
         }
+    }
+
+    /// Reports server connections to the registry from now on.
+    pub fn with_registry(mut self, registry: RegistryLink) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    fn resign(&mut self, ctx: &mut Context<Self>) {
+        let req = SignPeer {
+            topic: self.settings.topic.clone(),
+            host: self.settings.host.clone(),
+            port: self.settings.port,
+        };
+        let crypto = self.crypto.clone();
+        ctx.spawn(
+            async move { crypto.send(req).await }
+                .into_actor(self)
+                .map(|res, act, _| {
+                    if let Ok(peer) = res {
+                        act.self_peer = peer;
+                    }
+                }),
+        );
     }
 
     fn send_to_conn(&self, conn: ConnId, text: Arc<str>) {
@@ -247,6 +284,10 @@ impl Hub {
     }
 
     fn send_pong(&self, conn: ConnId, ping_id: &str) {
+        self.send_to_conn(conn, self.pong_frame(ping_id).into());
+    }
+
+    fn pong_frame(&self, ping_id: &str) -> String {
         let mut servers = vec![serde_json::to_value(&self.self_peer).expect("peer serialises")];
         servers.extend(
             self.servers
@@ -260,7 +301,7 @@ impl Hub {
             is_server: true,
             servers,
         });
-        self.send_to_conn(conn, pong.to_text().into());
+        pong.to_text()
     }
 
     fn learn_server(&mut self, peer: Peer) {
@@ -275,6 +316,16 @@ impl Hub {
                 self.servers
                     .insert(peer.address.clone(), KnownServer { peer });
             }
+        }
+    }
+
+    fn report_listed(&self, peers: Vec<Peer>) {
+        let peers: Vec<Peer> = peers
+            .into_iter()
+            .filter(|p| p.address != self.settings.address)
+            .collect();
+        if let (Some(r), false) = (&self.registry, peers.is_empty()) {
+            r.listed.do_send(ServersListed { peers });
         }
     }
 
@@ -599,23 +650,7 @@ impl Actor for Hub {
         ctx.run_interval(CLEANUP_EVERY, |act, _| act.cleanup());
         // Re-sign our record well inside the window peers accept.
         let every = Duration::from_millis((self.settings.limits.ping_window_ms / 4).max(1000));
-        ctx.run_interval(every, |act, ctx| {
-            let req = SignPeer {
-                topic: act.settings.topic.clone(),
-                host: act.settings.host.clone(),
-                port: act.settings.port,
-            };
-            let crypto = act.crypto.clone();
-            ctx.spawn(
-                async move { crypto.send(req).await }
-                    .into_actor(act)
-                    .map(|res, act, _| {
-                        if let Ok(peer) = res {
-                            act.self_peer = peer;
-                        }
-                    }),
-            );
-        });
+        ctx.run_interval(every, |act, ctx| act.resign(ctx));
     }
 }
 
@@ -644,8 +679,17 @@ impl Handler<ConnectionIdentified> for Hub {
                 self.learn_server(peer);
             }
         }
-        for peer in msg.servers {
-            self.learn_server(peer);
+        for peer in &msg.servers {
+            self.learn_server(peer.clone());
+        }
+        self.report_listed(msg.servers);
+        if let (true, Some(peer), Some(r)) = (msg.is_server, &msg.peer, &self.registry) {
+            r.connected.do_send(ServerConnected {
+                conn: msg.conn,
+                outbound: msg.outbound,
+                endpoint: msg.dialed.clone(),
+                peer: peer.clone(),
+            });
         }
         self.gone_since.remove(&msg.client_id);
         // A peer that pings again may have lost what it had (Tool Db resets too).
@@ -661,6 +705,11 @@ impl Handler<ConnectionIdentified> for Hub {
             Conn {
                 handle: msg.handle,
                 client_id: msg.client_id,
+                address: msg
+                    .peer
+                    .as_ref()
+                    .filter(|_| msg.is_server)
+                    .map(|p| p.address.clone()),
                 is_server: msg.is_server,
                 outbound: msg.outbound,
                 invalid_records: 0,
@@ -713,6 +762,45 @@ impl Handler<ConnectionClosed> for Hub {
                 .insert(conn.client_id.clone(), Instant::now());
         }
         tracing::info!(client = %conn.client_id, server = conn.is_server, outbound = conn.outbound, "connection closed");
+        if let (Some(address), Some(r)) = (conn.address, &self.registry) {
+            r.disconnected.do_send(ServerDisconnected {
+                conn: msg.conn,
+                address,
+            });
+        }
+    }
+}
+
+impl Handler<DropConnection> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: DropConnection, _: &mut Self::Context) {
+        if let Some(c) = self.conns.get(&msg.conn) {
+            c.handle
+                .close
+                .do_send(CloseConnection { reason: msg.reason });
+        }
+    }
+}
+
+impl Handler<SetPublicHost> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: SetPublicHost, ctx: &mut Self::Context) {
+        if msg.host != self.settings.host {
+            tracing::info!(host = %msg.host, "our public host, as the DHT reports it");
+            self.settings.host = msg.host;
+            self.resign(ctx);
+        }
+    }
+}
+
+impl Handler<CloseAll> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: CloseAll, _: &mut Self::Context) {
+        for c in self.conns.values() {
+            c.handle.close.do_send(CloseConnection {
+                reason: msg.reason.clone(),
+            });
+        }
     }
 }
 
@@ -795,6 +883,7 @@ mod tests {
                 is_server: peer.is_some(),
                 peer,
                 outbound: false,
+                dialed: None,
                 ping_id: Some("ping".into()),
                 servers: vec![],
             });

@@ -6,6 +6,7 @@ pub mod crypto;
 pub mod dht_channel;
 pub mod hub;
 pub mod peer_connection;
+pub mod peer_registry;
 pub mod storage;
 
 use std::sync::Arc;

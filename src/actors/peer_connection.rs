@@ -26,6 +26,7 @@ use crate::messages::crypto::VerifyServers;
 use crate::messages::hub::{
     next_conn_id, ConnId, ConnectionClosed, ConnectionIdentified, FrameReceived, GetSelfPeer,
 };
+use crate::messages::registry::DialGaveUp;
 use crate::messages::wire::{new_message_id, Ping, Pong, WireMessage};
 
 type WsSink = SplitSink<actix_codec::Framed<awc::BoxedSocket, ws::Codec>, ws::Message>;
@@ -64,6 +65,8 @@ pub struct PeerConnection {
     host: String,
     port: u16,
     services: Services,
+    /// Told when this dialer stops trying (the registry decides what next).
+    registry: Option<Recipient<DialGaveUp>>,
     conn: ConnId,
     sink: Option<SinkWrite<ws::Message, WsSink>>,
     state: State,
@@ -71,11 +74,17 @@ pub struct PeerConnection {
 }
 
 impl PeerConnection {
-    pub fn new(host: String, port: u16, services: Services) -> Self {
+    pub fn new(
+        host: String,
+        port: u16,
+        services: Services,
+        registry: Option<Recipient<DialGaveUp>>,
+    ) -> Self {
         PeerConnection {
             host,
             port,
             services,
+            registry,
             conn: next_conn_id(),
             sink: None,
             state: State::Idle,
@@ -149,7 +158,26 @@ impl PeerConnection {
         }
     }
 
+    fn give_up(&mut self, myself: bool, reason: String) {
+        self.state = State::GaveUp;
+        if let Some(r) = &self.registry {
+            r.do_send(DialGaveUp {
+                endpoint: self.target(),
+                myself,
+                reason,
+            });
+        }
+    }
+
     fn on_pong(&mut self, pong: Pong, ctx: &mut Context<Self>) {
+        if pong.client_id == *self.services.client_id {
+            tracing::info!(peer = %self.target(), "this endpoint is this node; not dialing it again");
+            self.give_up(true, "the endpoint answered with our own identity".into());
+            if let Some(sink) = self.sink.as_mut() {
+                sink.close();
+            }
+            return ctx.stop();
+        }
         let crypto = self.services.crypto.clone();
         let topic = self.services.config.topic.clone();
         let claimed = pong.client_id.clone();
@@ -172,6 +200,7 @@ impl PeerConnection {
                         is_server: true,
                         peer: Some(own),
                         outbound: true,
+                        dialed: Some(act.target()),
                         ping_id: None,
                         servers,
                     });

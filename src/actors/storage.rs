@@ -13,20 +13,25 @@ use crate::messages::storage::*;
 use crate::record::{wins, Record, RecordError, RecordMeta};
 
 pub const RECORDS_TREE: &str = "records";
+/// The peer book: server address → its newest verified peer record.
+pub const PEERS_TREE: &str = "peers";
 
 #[derive(Clone)]
 pub struct Storage {
     db: sled::Db,
     records: sled::Tree,
+    peers: sled::Tree,
     sync_writes: bool,
 }
 
 impl Storage {
     pub fn new(db: sled::Db, sync_writes: bool) -> Result<Self, StorageError> {
         let records = db.open_tree(RECORDS_TREE)?;
+        let peers = db.open_tree(PEERS_TREE)?;
         Ok(Storage {
             db,
             records,
+            peers,
             sync_writes,
         })
     }
@@ -189,6 +194,49 @@ impl Storage {
     }
 }
 
+impl Storage {
+    pub fn save_peer(&self, peer: &crate::peer::Peer) -> Result<(), StorageError> {
+        let newer = match self.peers.get(peer.address.as_bytes())? {
+            Some(old) => serde_json::from_slice::<crate::peer::Peer>(&old)
+                .map_or(true, |old| old.timestamp < peer.timestamp),
+            None => true,
+        };
+        if newer {
+            let bytes = serde_json::to_vec(peer).expect("a peer record serialises");
+            self.peers.insert(peer.address.as_bytes(), bytes)?;
+        }
+        Ok(())
+    }
+
+    pub fn load_peers(&self) -> Result<Vec<crate::peer::Peer>, StorageError> {
+        let mut out = vec![];
+        for item in self.peers.iter() {
+            let (k, v) = item?;
+            match serde_json::from_slice(&v) {
+                Ok(p) => out.push(p),
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(&k), error = %e, "skipped an unreadable peer book entry")
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Handler<SavePeer> for Storage {
+    type Result = Result<(), StorageError>;
+    fn handle(&mut self, msg: SavePeer, _: &mut Self::Context) -> Self::Result {
+        self.save_peer(&msg.peer)
+    }
+}
+
+impl Handler<LoadPeers> for Storage {
+    type Result = Result<Vec<crate::peer::Peer>, StorageError>;
+    fn handle(&mut self, _: LoadPeers, _: &mut Self::Context) -> Self::Result {
+        self.load_peers()
+    }
+}
+
 impl Actor for Storage {
     type Context = SyncContext<Self>;
 }
@@ -317,6 +365,17 @@ mod tests {
         }
         assert_eq!(s.query("app-", 10).unwrap(), vec!["app-a", "app-b"]);
         assert_eq!(s.query("app-", 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_peer_book_keeps_the_newest_record_per_server() {
+        let (_d, s) = storage();
+        let k = NodeKey::generate(KeyScheme::Secp256k1);
+        let old = crate::peer::Peer::sign(&k, "t", "h", 1, 10);
+        let new = crate::peer::Peer::sign(&k, "t", "h", 2, 20);
+        s.save_peer(&new).unwrap();
+        s.save_peer(&old).unwrap();
+        assert_eq!(s.load_peers().unwrap(), vec![new]);
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct ConnectionIdentified {
     pub peer: Option<Peer>,
     /// We dialed it (a `PeerConnection`).
     pub outbound: bool,
+    /// The endpoint we dialed (outbound only).
+    pub dialed: Option<String>,
     /// The ping to answer with a pong (inbound connections).
     pub ping_id: Option<String>,
     /// Servers the remote listed in its pong, already verified.
@@ -75,4 +77,26 @@ pub struct ServerEntry {
     #[serde(rename = "clientId")]
     pub client_id: String,
     pub state: &'static str,
+}
+
+/// Close one connection (the registry's duplicate rule, for inbound links).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct DropConnection {
+    pub conn: ConnId,
+    pub reason: String,
+}
+
+/// Our public host became known (from the DHT): re-sign our record with it.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct SetPublicHost {
+    pub host: String,
+}
+
+/// Close every connection with a close frame (graceful stop).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct CloseAll {
+    pub reason: String,
 }

@@ -4,5 +4,6 @@ pub mod connection;
 pub mod crypto;
 pub mod dht;
 pub mod hub;
+pub mod registry;
 pub mod storage;
 pub mod wire;

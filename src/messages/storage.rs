@@ -62,3 +62,15 @@ pub struct QueryKeys {
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), StorageError>")]
 pub struct FlushStorage;
+
+/// Save a verified server record in the peer book (newest per address).
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), StorageError>")]
+pub struct SavePeer {
+    pub peer: crate::peer::Peer,
+}
+
+/// Every server record in the peer book.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Vec<crate::peer::Peer>, StorageError>")]
+pub struct LoadPeers;

@@ -75,9 +75,16 @@ impl NodeProc {
     pub fn start_in_env(dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> NodeProc {
         let log = dir.with_extension(format!("{port}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
+        // Without a private DHT to join, a test node never touches the DHT.
+        let dht: &[&str] = if extra.contains(&"--dht-bootstrap") {
+            &["--dht-port", "0"]
+        } else {
+            &["--no-dht"]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
-            .args(["serve", "--no-dht", "--host", "127.0.0.1", "--port"])
+            .args(["serve", "--host", "127.0.0.1", "--port"])
             .arg(port.to_string())
+            .args(dht)
             .arg("--data-dir")
             .arg(dir)
             .args(extra)
@@ -161,6 +168,8 @@ pub struct RawPeer {
     pub ws: WebSocket<MaybeTlsStream<TcpStream>>,
     pub key: NodeKey,
     pub client_id: String,
+    /// The server's topic (from its /health), used in our ping.
+    pub topic: String,
 }
 
 impl RawPeer {
@@ -175,7 +184,16 @@ impl RawPeer {
                 .unwrap();
         }
         let client_id = key.client_id().to_owned();
-        RawPeer { ws, key, client_id }
+        let topic = http_get(port, "/health")
+            .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+            .and_then(|h| h["topic"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| TOPIC.to_owned());
+        RawPeer {
+            ws,
+            key,
+            client_id,
+            topic,
+        }
     }
 
     /// Connects and completes the handshake as a client; returns the pong.
@@ -192,7 +210,7 @@ impl RawPeer {
     }
 
     pub fn handshake(&mut self, is_server: bool) -> Value {
-        let ping = self.ping_frame(is_server, TOPIC, now_ms());
+        let ping = self.ping_frame(is_server, &self.topic.clone(), now_ms());
         self.send(&ping);
         self.expect("pong", |m| m["type"] == "pong")
     }
@@ -308,6 +326,48 @@ impl RawPeer {
         }
         panic!("key {key} never held {value}");
     }
+}
+
+/// A private DHT's first node: `tooldb-node dht-bootstrap` on 127.0.0.1.
+pub struct DhtBoot {
+    child: Child,
+    pub addr: String,
+}
+
+impl DhtBoot {
+    pub fn start() -> DhtBoot {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
+            .args(["dht-bootstrap", "--bind", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the tooldb-node binary runs");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: Value = serde_json::from_str(line.trim()).expect("dht-bootstrap prints its address");
+        DhtBoot {
+            child,
+            addr: v["dht_bootstrap"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+impl Drop for DhtBoot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// True when `node`'s /peers lists the server with `client_id` as connected.
+pub fn connected_to(node: &NodeProc, client_id: &Value) -> bool {
+    node.peers()["servers"].as_array().is_some_and(|s| {
+        s.iter()
+            .any(|s| s["clientId"] == *client_id && s["state"] == "connected")
+    })
 }
 
 /// The Node.js interop harness directory.

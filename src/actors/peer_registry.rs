@@ -1,0 +1,245 @@
+//! `PeerRegistry`: every server this node knows of, and the one place that
+//! decides which endpoints are dialed. One per node, created with the hub
+//! (it holds the hub's address; the hub holds its `RegistryLink`); the
+//! `DhtChannel` sends it `EndpointsFound`.
+//!
+//! Receives: `EndpointsFound` (DHT), `ServersListed` (pong peer exchange),
+//! `ServerConnected`/`ServerDisconnected` (hub), `DialGaveUp` (dialers),
+//! `GetRegistryView`. Carries out the `Action`s of `registry::RegistryState`:
+//! starts a supervised `PeerConnection` per endpoint to dial, stops
+//! duplicate dialers, asks the hub to close duplicate inbound links, and
+//! saves verified servers in the peer book (sled), which it reads at start
+//! so known servers are dialed before the DHT answers. Stops with the system.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::actors::dht_channel::DhtChannel;
+use crate::actors::peer_connection::PeerConnection;
+use crate::actors::storage::Storage;
+use crate::actors::Services;
+use crate::messages::connection::CloseConnection;
+use crate::messages::dht::{EndpointsFound, LookupNow};
+use crate::messages::hub::DropConnection;
+use crate::messages::registry::*;
+use crate::messages::storage::{LoadPeers, SavePeer};
+use crate::registry::{Action, Endpoint, RegistrySettings, RegistryState, Source};
+use crate::server::parse_host_port;
+
+/// How often quarantined endpoints are checked for a redial.
+const TICK_EVERY: Duration = Duration::from_secs(1);
+
+pub struct PeerRegistry {
+    state: RegistryState,
+    services: Services,
+    storage: Addr<Storage>,
+    static_peers: Vec<Endpoint>,
+    dialers: HashMap<Endpoint, Addr<PeerConnection>>,
+    dht: Option<Addr<DhtChannel>>,
+}
+
+/// Tells the registry which DHT channel to ask for a fresh lookup when a
+/// server is lost (the channel is created after the registry).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UseDht(pub Addr<DhtChannel>);
+
+impl PeerRegistry {
+    pub fn new(
+        services: Services,
+        storage: Addr<Storage>,
+        self_address: String,
+        self_endpoints: Vec<Endpoint>,
+    ) -> Self {
+        let p = &services.config.peering;
+        let settings = RegistrySettings {
+            quarantine_initial: Duration::from_millis(p.quarantine_initial_ms),
+            quarantine_max: Duration::from_millis(p.quarantine_max_ms),
+            ..RegistrySettings::default()
+        };
+        let static_peers = services
+            .config
+            .peers
+            .iter()
+            .filter_map(|p| parse_host_port(p).map(|(h, port)| format!("{h}:{port}")))
+            .collect();
+        PeerRegistry {
+            state: RegistryState::new(self_address, self_endpoints, settings),
+            services,
+            storage,
+            static_peers,
+            dialers: HashMap::new(),
+            dht: None,
+        }
+    }
+
+    fn apply(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
+        for action in actions {
+            match action {
+                Action::Dial { endpoint } => {
+                    let Some((host, port)) = parse_host_port(&endpoint) else {
+                        tracing::warn!(endpoint = %endpoint, "not a HOST:PORT endpoint");
+                        continue;
+                    };
+                    tracing::debug!(endpoint = %endpoint, "dialing");
+                    let services = self.services.clone();
+                    let me = ctx.address().recipient();
+                    let addr = Supervisor::start(move |_| {
+                        PeerConnection::new(host, port, services, Some(me))
+                    });
+                    if let Some(old) = self.dialers.insert(endpoint, addr) {
+                        old.do_send(CloseConnection {
+                            reason: "replaced by a new dialer".into(),
+                        });
+                    }
+                }
+                Action::StopDialing { endpoint, reason } => {
+                    if let Some(addr) = self.dialers.remove(&endpoint) {
+                        tracing::info!(endpoint = %endpoint, reason = %reason, "stopped dialing");
+                        addr.do_send(CloseConnection { reason });
+                    }
+                }
+                Action::CloseInbound { conn, reason } => {
+                    self.services.hub.do_send(DropConnection { conn, reason });
+                }
+                Action::Remember { peer } => {
+                    self.storage.do_send(SavePeer { peer });
+                }
+            }
+        }
+    }
+}
+
+impl Actor for PeerRegistry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let now = Instant::now();
+        for ep in self.static_peers.clone() {
+            let actions = self.state.found(ep, Source::Static, now);
+            self.apply(actions, ctx);
+        }
+        let storage = self.storage.clone();
+        ctx.spawn(
+            async move { storage.send(LoadPeers).await }
+                .into_actor(self)
+                .map(|res, act, ctx| match res {
+                    Ok(Ok(peers)) => {
+                        if !peers.is_empty() {
+                            tracing::info!(
+                                count = peers.len(),
+                                "dialing servers from the peer book"
+                            );
+                        }
+                        let now = Instant::now();
+                        for p in peers {
+                            let actions = act.state.found(
+                                format!("{}:{}", p.host, p.port),
+                                Source::Book,
+                                now,
+                            );
+                            act.apply(actions, ctx);
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the peer book"),
+                    Err(e) => tracing::warn!(error = %e, "storage unreachable"),
+                }),
+        );
+        ctx.run_interval(TICK_EVERY, |act, ctx| {
+            let actions = act.state.tick(Instant::now());
+            act.apply(actions, ctx);
+        });
+    }
+}
+
+impl Handler<UseDht> for PeerRegistry {
+    type Result = ();
+    fn handle(&mut self, msg: UseDht, _: &mut Self::Context) {
+        self.dht = Some(msg.0);
+    }
+}
+
+impl Handler<EndpointsFound> for PeerRegistry {
+    type Result = ();
+    fn handle(&mut self, msg: EndpointsFound, ctx: &mut Self::Context) {
+        if msg.topic != self.services.config.topic {
+            return;
+        }
+        let now = Instant::now();
+        for ep in msg.endpoints {
+            let actions = self.state.found(ep.to_string(), Source::Dht, now);
+            self.apply(actions, ctx);
+        }
+    }
+}
+
+impl Handler<ServersListed> for PeerRegistry {
+    type Result = ();
+    fn handle(&mut self, msg: ServersListed, ctx: &mut Self::Context) {
+        let now = Instant::now();
+        for p in msg.peers {
+            if self.state.is_connected(&p.address) {
+                continue;
+            }
+            let actions = self
+                .state
+                .found(format!("{}:{}", p.host, p.port), Source::Exchange, now);
+            self.apply(actions, ctx);
+        }
+    }
+}
+
+impl Handler<ServerConnected> for PeerRegistry {
+    type Result = ();
+    fn handle(&mut self, msg: ServerConnected, ctx: &mut Self::Context) {
+        let actions = self.state.connected(
+            msg.conn,
+            msg.outbound,
+            msg.endpoint,
+            msg.peer,
+            Instant::now(),
+        );
+        self.apply(actions, ctx);
+    }
+}
+
+impl Handler<ServerDisconnected> for PeerRegistry {
+    type Result = ();
+    fn handle(&mut self, msg: ServerDisconnected, ctx: &mut Self::Context) {
+        let actions = self
+            .state
+            .disconnected(msg.conn, &msg.address, Instant::now());
+        self.apply(actions, ctx);
+        if !self.state.is_connected(&msg.address) {
+            if let Some(dht) = &self.dht {
+                dht.do_send(LookupNow {
+                    topic: self.services.config.topic.clone(),
+                });
+            }
+        }
+    }
+}
+
+impl Handler<DialGaveUp> for PeerRegistry {
+    type Result = ();
+    fn handle(&mut self, msg: DialGaveUp, ctx: &mut Self::Context) {
+        tracing::debug!(endpoint = %msg.endpoint, reason = %msg.reason, myself = msg.myself, "dialer gave up");
+        self.dialers.remove(&msg.endpoint);
+        let actions = self
+            .state
+            .dial_gave_up(&msg.endpoint, msg.myself, Instant::now());
+        self.apply(actions, ctx);
+    }
+}
+
+impl Handler<GetRegistryView> for PeerRegistry {
+    type Result = MessageResult<GetRegistryView>;
+    fn handle(&mut self, _: GetRegistryView, _: &mut Self::Context) -> Self::Result {
+        MessageResult(RegistryView {
+            servers: self.state.view(),
+            endpoints: self.state.unidentified(),
+        })
+    }
+}
