@@ -1,6 +1,7 @@
 //! tooldb-node: a Tool Db-compatible server.
 pub mod actors;
 pub mod bounded;
+pub mod client;
 pub mod config;
 pub mod crdt;
 pub mod crypto;
