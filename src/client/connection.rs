@@ -102,6 +102,7 @@ impl ServerConnection {
             client_id: own,
             is_server: false,
             peer: Some(serde_json::to_value(peer).expect("peer serialises")),
+            ext: None,
         });
         self.state = State::AwaitingPong(id);
         self.write(ping.to_text());
