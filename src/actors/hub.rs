@@ -743,6 +743,7 @@ impl Actor for Hub {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(CLEANUP_EVERY, |act, _| act.cleanup());
+        // (ForgetGoneClients runs the same cleanup on demand.)
         let every = Duration::from_secs(self.settings.reconcile_every_secs.max(1));
         ctx.run_interval(every, |act, ctx| {
             let conns: Vec<ConnId> = act.conns.keys().copied().collect();
@@ -878,6 +879,13 @@ impl Handler<ConnectionClosed> for Hub {
                 address,
             });
         }
+    }
+}
+
+impl Handler<ForgetGoneClients> for Hub {
+    type Result = ();
+    fn handle(&mut self, _: ForgetGoneClients, _: &mut Self::Context) {
+        self.cleanup();
     }
 }
 
@@ -1027,6 +1035,10 @@ mod tests {
     }
 
     fn setup() -> Setup {
+        setup_with(Limits::default())
+    }
+
+    fn setup_with(limits: Limits) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let st = Storage::new(db, false).unwrap();
@@ -1041,7 +1053,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 1,
             pow: 0,
-            limits: Limits::default(),
+            limits,
             reconcile_every_secs: 60,
             reconcile_max_records: 1000,
         };
@@ -1176,6 +1188,61 @@ mod tests {
         new.wait("push on the new connection", |v| v["type"] == "put")
             .await;
         assert_eq!(old.count(|v| v["type"] == "put"), 0);
+    }
+
+    #[actix::test]
+    async fn subscriptions_of_clients_gone_past_the_grace_period_are_dropped() {
+        let s = setup_with(Limits {
+            subscription_grace_secs: 0,
+            ..Limits::default()
+        });
+        let old = Fake::new();
+        old.identify(&s.hub, "c", None);
+        s.hub.do_send(FrameReceived {
+            conn: old.conn,
+            msg: WireMessage::Subscribe(KeyRequest {
+                id: "s".into(),
+                to: vec![],
+                key: "k".into(),
+            }),
+        });
+        s.hub.do_send(ConnectionClosed { conn: old.conn });
+        s.hub.do_send(ForgetGoneClients);
+        let new = Fake::new();
+        new.identify(&s.hub, "c", None);
+        let writer = Fake::new();
+        writer.identify(&s.hub, "w", None);
+        let rec = sign_record(
+            &NodeKey::generate(KeyScheme::P256),
+            "k",
+            &json!(3),
+            now_ms(),
+        );
+        let mut frame = put_frame("p", vec![], &rec);
+        frame.conn = writer.conn;
+        s.hub.do_send(frame);
+        // The put is stored (a get answers it) but not pushed: the subscription is gone.
+        for i in 0..200 {
+            if new.count(|v| v["id"].as_str().is_some_and(|id| id.starts_with("get-"))) > 0 {
+                break;
+            }
+            s.hub.do_send(FrameReceived {
+                conn: new.conn,
+                msg: WireMessage::Get(KeyRequest {
+                    id: format!("get-{i}"),
+                    to: vec![],
+                    key: "k".into(),
+                }),
+            });
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        new.wait("a get's answer", |v| {
+            v["id"].as_str().is_some_and(|id| id.starts_with("get-"))
+        })
+        .await;
+        let pushes =
+            new.count(|v| v["type"] == "put" && !v["id"].as_str().unwrap().starts_with("get-"));
+        assert_eq!(pushes, 0);
     }
 
     #[actix::test]

@@ -96,6 +96,12 @@ pub struct SetPublicHost {
     pub host: String,
 }
 
+/// Forget the subscriptions and memories of clients gone longer than the
+/// grace period (sent by the hub's own timer; tests send it directly).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ForgetGoneClients;
+
 /// Close every connection with a close frame (graceful stop).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
