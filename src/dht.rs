@@ -114,6 +114,26 @@ impl Reachability {
             (Some(_), true) => Reachability::Firewalled,
         }
     }
+
+    /// Like `from_info`, but a node whose DHT socket is bound to a loopback
+    /// address is `Reachable`: it can only exchange packets with nodes on
+    /// the same host, and they all reach it.
+    ///
+    /// Without this, a node on a private loopback DHT whose storage nodes
+    /// are JS `bittorrent-dht` nodes (what npm `discovery-channel` needs)
+    /// never announced: `mainline` learns its public address only from the
+    /// BEP 42 `ip` field of replies, `bittorrent-dht` 7 never sends it, so
+    /// the address stayed unknown and the channel skipped every announce.
+    pub fn of_node(
+        local: SocketAddrV4,
+        public_address: Option<SocketAddrV4>,
+        firewalled: bool,
+    ) -> Self {
+        if local.ip().is_loopback() {
+            return Reachability::Reachable;
+        }
+        Reachability::from_info(public_address, firewalled)
+    }
 }
 
 /// What to do about announcing a topic now.
@@ -245,6 +265,36 @@ mod tests {
         assert_eq!(
             Reachability::from_info(Some(a), true),
             Reachability::Firewalled
+        );
+    }
+
+    /// Regression: a server on a loopback DHT of JS `bittorrent-dht` nodes
+    /// (no BEP 42 `ip` in replies, so no public address) never announced.
+    #[test]
+    fn a_node_bound_to_loopback_is_reachable_without_a_public_address() {
+        let lo: SocketAddrV4 = "127.0.0.1:4000".parse().unwrap();
+        let any: SocketAddrV4 = "0.0.0.0:4000".parse().unwrap();
+        let lan: SocketAddrV4 = "192.168.1.2:4000".parse().unwrap();
+        let public: SocketAddrV4 = "1.2.3.4:5".parse().unwrap();
+        assert_eq!(
+            Reachability::of_node(lo, None, true),
+            Reachability::Reachable
+        );
+        assert_eq!(
+            Reachability::of_node(any, None, true),
+            Reachability::Unknown
+        );
+        assert_eq!(
+            Reachability::of_node(lan, None, true),
+            Reachability::Unknown
+        );
+        assert_eq!(
+            Reachability::of_node(lan, Some(public), true),
+            Reachability::Firewalled
+        );
+        assert_eq!(
+            Reachability::of_node(any, Some(public), false),
+            Reachability::Reachable
         );
     }
 

@@ -112,7 +112,7 @@ fn malformed_frames_are_tolerated_up_to_a_limit_then_closed() {
     let (mut good, _) = RawPeer::client(node.port);
     let (mut bad, _) = RawPeer::client(node.port);
     // Unknown types are extensions, not errors: ignored, socket stays.
-    bad.send(&json!({"type":"reconcile","id":"e1"}));
+    bad.send(&json!({"type":"gossip","id":"e1"}));
     for frame in [
         "this is not json".to_owned(),
         json!({"type":"get","id":"x"}).to_string(), // missing key

@@ -15,8 +15,8 @@
 //! builds the DHT (on the blocking pool: both block), then bootstraps.
 //! Joined topics are looked up at once and then on their `LookupSchedule`;
 //! a topic with a port is announced right away and every `announce_every`,
-//! but only while the DHT reports us reachable (a node it cannot reach
-//! looks up only). Every DHT call runs as a spawned future.
+//! but only while the DHT reports us reachable, or our DHT socket is bound
+//! to loopback (a node it cannot reach looks up only). Every DHT call runs as a spawned future.
 //!
 //! A DHT that cannot be built, does not bootstrap, stops reaching any node,
 //! or whose thread dies makes the actor stop; the supervisor's restart is
@@ -201,7 +201,7 @@ async fn fetch_info(dht: &AsyncDht) -> NodeInfo {
 
 impl NodeInfo {
     fn reachability(&self) -> Reachability {
-        Reachability::from_info(self.public_address, self.firewalled)
+        Reachability::of_node(self.local_addr, self.public_address, self.firewalled)
     }
 }
 

@@ -105,6 +105,39 @@ impl NodeProc {
         node
     }
 
+    /// Starts a node with DHT discovery on and a fresh data dir: its DHT
+    /// socket on any free UDP port of 127.0.0.1, bootstrapped only from
+    /// `bootstrap` (HOST:PORT of a private DHT, never the public one), plus
+    /// `extra` flags.
+    pub fn start_dht(bootstrap: &str, extra: &[&str]) -> NodeProc {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let port = free_port();
+        let log = dir.with_extension(format!("{port}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
+            .args(["serve", "--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["--dht-bootstrap", bootstrap, "--dht-port", "0"])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(extra)
+            .env("RUST_LOG", "info,tooldb_node=debug")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("the tooldb-node binary runs");
+        let node = NodeProc {
+            port,
+            data_dir: dir,
+            child,
+            _tmp: Some(tmp),
+            log,
+        };
+        node.wait_healthy();
+        node
+    }
+
     pub fn wait_healthy(&self) {
         wait_for("the node's /health", Duration::from_secs(20), || {
             http_get(self.port, "/health").filter(|(status, _)| *status == 200)
@@ -381,7 +414,16 @@ pub fn ensure_harness() {
     static INSTALL: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut done = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = interop_dir();
-    if *done || dir.join("node_modules/tool-db/package.json").exists() {
+    // Every package checked, so a node_modules from an older lock is redone.
+    let installed = ["tool-db", "discovery-channel", "bittorrent-dht"]
+        .iter()
+        .all(|p| {
+            dir.join("node_modules")
+                .join(p)
+                .join("package.json")
+                .exists()
+        });
+    if *done || installed {
         *done = true;
         return;
     }
