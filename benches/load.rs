@@ -1,0 +1,229 @@
+//! Put throughput and put → subscriber latency against a release
+//! `tooldb-node` process, with the load DESIGN.md measured the JS server
+//! under: 1000 keys, 4 writers, signed P-256 puts. A subscriber holds all
+//! 1000 keys; each accepted (winning) put is pushed to it exactly once, so
+//! pushes counted / time = accepted puts per second.
+//! Figures, not assertions: `cargo bench --bench load`.
+
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tooldb_node::crypto::{KeyScheme, NodeKey};
+use tooldb_node::peer::Peer;
+use tooldb_node::record::{now_ms, sign_record};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+const KEYS: usize = 1000;
+const WRITERS: usize = 4;
+const PUTS_PER_WRITER: usize = 5000;
+
+type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+fn connect(port: u16) -> (Ws, NodeKey) {
+    let key = NodeKey::generate(KeyScheme::P256);
+    let (mut ws, _) = tungstenite::connect(format!("ws://127.0.0.1:{port}")).unwrap();
+    let peer = Peer::sign(&key, "tool-db-default", "127.0.0.1", 8080, now_ms());
+    let id = key.client_id().to_owned();
+    ws.send(Message::text(
+        json!({"type":"ping","id":"p","to":[id],"clientId":id,"isServer":false,"peer":peer})
+            .to_string(),
+    ))
+    .unwrap();
+    loop {
+        if let Message::Text(t) = ws.read().unwrap() {
+            if t.contains("\"pong\"") {
+                break;
+            }
+        }
+    }
+    (ws, key)
+}
+
+struct Server(std::process::Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(sync: bool) -> (Server, u16, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
+        .args([
+            "serve",
+            "--no-dht",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("TOOLDB_STORAGE__SYNC_WRITES", sync.to_string())
+        .env("TOOLDB_LIMITS__MESSAGES_PER_SECOND", "1000000")
+        .env("TOOLDB_LIMITS__MESSAGE_BURST", "1000000")
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Server(child), port, dir)
+}
+
+/// Subscribes to every key and counts pushes; returns (count, put → push
+/// latencies in ms, from the writer's send time on the shared `clock`).
+fn subscriber(
+    port: u16,
+    expect: usize,
+    clock: Instant,
+    sent_at: Arc<Vec<AtomicUsize>>,
+) -> std::thread::JoinHandle<(usize, Vec<f64>, Instant)> {
+    let (mut ws, _) = connect(port);
+    for k in 0..KEYS {
+        ws.send(Message::text(
+            json!({"type":"subscribe","id":format!("sub-{k}"),"to":[],"key":format!("load-{k}")})
+                .to_string(),
+        ))
+        .unwrap();
+    }
+    // Barrier: the hub handles one connection's frames in order, so once this
+    // call is answered every subscription above is in place.
+    ws.send(Message::text(
+        json!({"type":"function","id":"barrier","to":[],"function":"peers","args":[]}).to_string(),
+    ))
+    .unwrap();
+    loop {
+        if let Message::Text(t) = ws.read().unwrap() {
+            if t.contains("\"barrier\"") {
+                break;
+            }
+        }
+    }
+    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    std::thread::spawn(move || {
+        let mut n = 0;
+        let mut last = Instant::now();
+        let mut lat = vec![];
+        while n < expect {
+            match ws.read() {
+                Ok(Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    // Pushes carry fresh alphanumeric ids; subscribe answers "sub-…".
+                    if v["type"] == "put" && !v["id"].as_str().unwrap_or("").contains('-') {
+                        n += 1;
+                        last = Instant::now();
+                        if let Some(seq) = v["data"]["v"]["seq"].as_u64() {
+                            let sent = sent_at[seq as usize].load(Ordering::Relaxed) as f64;
+                            let now = clock.elapsed().as_micros() as f64;
+                            lat.push((now - sent) / 1000.0);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        (n, lat, last)
+    })
+}
+
+fn run(sync: bool, rate: Option<u64>) {
+    let (_server, port, _dir) = start(sync);
+    let total = WRITERS * PUTS_PER_WRITER;
+    let total = if rate.is_some() { 2500 } else { total };
+    // Pre-sign everything so signing is not measured; every put of a key is newer.
+    let writers: Vec<(Ws, Vec<String>)> = (0..WRITERS)
+        .map(|w| {
+            let (ws, key) = connect(port);
+            let t0 = now_ms();
+            let frames = (0..total / WRITERS)
+                .map(|i| {
+                    let seq = w * (total / WRITERS) + i;
+                    // Each writer owns KEYS / WRITERS keys and writes them
+                    // with increasing timestamps, so every put wins.
+                    let k = w * (KEYS / WRITERS) + i % (KEYS / WRITERS);
+                    let rec = sign_record(
+                        &key,
+                        &format!("load-{k}"),
+                        &json!({"seq": seq, "w": w}),
+                        t0 + i as u64,
+                    );
+                    format!(
+                        r#"{{"type":"put","id":"w{w}-{i}","to":[],"data":{}}}"#,
+                        rec.raw()
+                    )
+                })
+                .collect();
+            (ws, frames)
+        })
+        .collect();
+    let clock = Instant::now();
+    let sent_at: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..total).map(|_| AtomicUsize::new(0)).collect());
+    let sub = subscriber(port, total, clock, sent_at.clone());
+    let started = Instant::now();
+    let handles: Vec<_> = writers
+        .into_iter()
+        .enumerate()
+        .map(|(w, (mut ws, frames))| {
+            let sent_at = sent_at.clone();
+            std::thread::spawn(move || {
+                let per_writer = rate.map(|r| Duration::from_secs_f64(WRITERS as f64 / r as f64));
+                for (i, f) in frames.into_iter().enumerate() {
+                    let seq = w * (total / WRITERS) + i;
+                    if let Some(gap) = per_writer {
+                        let due = started + gap * i as u32;
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                    sent_at[seq].store(clock.elapsed().as_micros() as usize, Ordering::Relaxed);
+                    ws.send(Message::text(f)).unwrap();
+                }
+                ws
+            })
+        })
+        .collect();
+    let _keep: Vec<Ws> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let (received, mut lat, last) = sub.join().unwrap();
+    let secs = last.duration_since(started).as_secs_f64();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "sync_writes={sync:<5} rate={:<8} puts={total:<6} accepted={received:<6} {:>8.0} accepted puts/s   put→push ms p50 {:.2} p99 {:.2}",
+        rate.map_or("max".to_string(), |r| format!("{r}/s")),
+        received as f64 / secs,
+        pct(0.5),
+        pct(0.99)
+    );
+}
+
+fn main() {
+    println!(
+        "load: {KEYS} keys, {WRITERS} writers, signed P-256 puts, one subscriber of every key"
+    );
+    for sync in [true, false] {
+        run(sync, None);
+        run(sync, Some(500));
+    }
+}
