@@ -6,6 +6,7 @@ pub mod config;
 pub mod crdt;
 pub mod crypto;
 pub mod dht;
+pub mod durability;
 pub mod messages;
 pub mod peer;
 pub mod reconcile;

@@ -166,6 +166,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         source,
     })?;
     let storage_state = Storage::new(db, config.storage.sync_writes)?;
+    let durability = storage_state.durability();
     let storage = SyncArbiter::start(config.storage.threads.max(1), move || storage_state.clone());
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let crypto_key = key.clone();
@@ -214,7 +215,9 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
             listed: registry.clone().recipient(),
         };
         registry_out = Some(registry);
-        Hub::new(settings, storage.clone(), crypto.clone(), self_peer).with_registry(link)
+        Hub::new(settings, storage.clone(), crypto.clone(), self_peer)
+            .with_registry(link)
+            .with_durability(durability)
     });
     let registry = registry_out.expect("the hub's constructor ran");
     let services = Services {

@@ -22,6 +22,7 @@ use crate::actors::storage::Storage;
 use crate::bounded::{BoundedSet, ExpiringMap};
 use crate::config::Limits;
 use crate::crypto::sha256_hex;
+use crate::durability::Durability;
 use crate::messages::connection::{CloseConnection, ConnHandle, SendFrame};
 use crate::messages::crypto::{SignPeer, VerifyRecord, VerifyServers};
 use crate::messages::hub::*;
@@ -95,6 +96,8 @@ pub struct Hub {
     /// Client ids whose current connection is a verified server.
     connected_servers: HashSet<String>,
     registry: Option<RegistryLink>,
+    /// Awaited before a write or a read is exposed (group commit).
+    durability: Durability,
     functions: HashMap<&'static str, ServerFunction>,
 }
 
@@ -139,8 +142,15 @@ impl Hub {
             servers: HashMap::new(),
             connected_servers: HashSet::new(),
             registry: None,
+            durability: Durability::off(),
             functions,
         }
+    }
+
+    /// Waits for `durability` before exposing writes and reads.
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
     }
 
     /// Reports server connections to the registry from now on.
@@ -412,7 +422,28 @@ impl Hub {
             );
             return;
         }
+        let durability = self.durability.clone();
         let fut = async move {
+            let result = Self::verify_and_store(crypto, storage, data, pow, crdt).await;
+            // Group commit: the write (or the stored winner it lost to) is
+            // exposed only once a flush covers it.
+            durability.synced().await;
+            result
+        };
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(move |res, act, _| act.after_put(res, conn, sender, id, to)),
+        );
+    }
+
+    async fn verify_and_store(
+        crypto: Addr<Crypto>,
+        storage: Addr<Storage>,
+        data: Record,
+        pow: u32,
+        crdt: bool,
+    ) -> PutResult {
+        {
             let record = match crypto.send(VerifyRecord { record: data, pow }).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => return PutResult::Invalid(e),
@@ -436,8 +467,19 @@ impl Hub {
                     Err(e) => PutResult::Failed(format!("storage pool: {e}")),
                 }
             }
-        };
-        ctx.spawn(fut.into_actor(self).map(move |res, act, _| match res {
+        }
+    }
+
+    fn after_put(
+        &mut self,
+        res: PutResult,
+        conn: ConnId,
+        sender: String,
+        id: String,
+        to: Vec<String>,
+    ) {
+        let act = self;
+        match res {
             PutResult::Invalid(e) => act.record_invalid(conn, &e),
             PutResult::Stored(StoreOutcome::Won(record)) => {
                 let skip = act.relay_to(&to, &sender);
@@ -476,7 +518,7 @@ impl Hub {
             PutResult::Failed(e) => {
                 tracing::error!(error = %e, "could not store a verified record")
             }
-        }));
+        }
     }
 
     fn on_get(
@@ -488,38 +530,44 @@ impl Hub {
         ctx: &mut Context<Self>,
     ) {
         let storage = self.storage.clone();
+        let durability = self.durability.clone();
         let key = req.key.clone();
         ctx.spawn(
-            async move { storage.send(GetRecord { key }).await }
-                .into_actor(self)
-                .map(move |res, act, _| match res {
-                    Ok(Ok(Some(record))) => {
-                        // A direct answer is always sent, even if this hash went
-                        // before; its type follows the request (see `Pending`).
-                        let kind = if crdt { "crdtPut" } else { "put" };
-                        act.mark_sent(&sender, &record.hash);
-                        let text = record_frame(kind, &req.id, act.own_to(), &record);
-                        act.send_to_conn(conn, text.into());
-                    }
-                    Ok(Ok(None)) => {
-                        let now = Instant::now();
-                        let deadline =
-                            now + Duration::from_millis(act.settings.limits.pending_request_ms);
-                        let pending = Pending {
-                            requester: sender.clone(),
-                            answer_kind: if crdt { "crdtPut" } else { "put" },
-                        };
-                        act.pending.insert(req.id.clone(), pending, deadline, now);
-                        let msg = if crdt {
-                            WireMessage::CrdtGet(req)
-                        } else {
-                            WireMessage::Get(req)
-                        };
-                        act.relay_to_servers(&msg, &sender, None);
-                    }
-                    Ok(Err(e)) => tracing::error!(error = %e, "get failed"),
-                    Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
-                }),
+            async move {
+                let read = storage.send(GetRecord { key }).await;
+                // Never show a record before it is on disk.
+                durability.synced().await;
+                read
+            }
+            .into_actor(self)
+            .map(move |res, act, _| match res {
+                Ok(Ok(Some(record))) => {
+                    // A direct answer is always sent, even if this hash went
+                    // before; its type follows the request (see `Pending`).
+                    let kind = if crdt { "crdtPut" } else { "put" };
+                    act.mark_sent(&sender, &record.hash);
+                    let text = record_frame(kind, &req.id, act.own_to(), &record);
+                    act.send_to_conn(conn, text.into());
+                }
+                Ok(Ok(None)) => {
+                    let now = Instant::now();
+                    let deadline =
+                        now + Duration::from_millis(act.settings.limits.pending_request_ms);
+                    let pending = Pending {
+                        requester: sender.clone(),
+                        answer_kind: if crdt { "crdtPut" } else { "put" },
+                    };
+                    act.pending.insert(req.id.clone(), pending, deadline, now);
+                    let msg = if crdt {
+                        WireMessage::CrdtGet(req)
+                    } else {
+                        WireMessage::Get(req)
+                    };
+                    act.relay_to_servers(&msg, &sender, None);
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "get failed"),
+                Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
+            }),
         );
     }
 
@@ -539,22 +587,28 @@ impl Hub {
             .or_default()
             .insert(req.key.clone());
         let storage = self.storage.clone();
+        let durability = self.durability.clone();
         let key = req.key.clone();
         ctx.spawn(
-            async move { storage.send(GetRecord { key }).await }
-                .into_actor(self)
-                .map(move |res, act, _| match res {
-                    Ok(Ok(Some(record))) => {
-                        // Tool Db answers a subscribe with a `put` whatever the record.
-                        let kind = "put";
-                        act.mark_sent(&sender, &record.hash);
-                        let text = record_frame(kind, &req.id, act.own_to(), &record);
-                        act.send_to_conn(conn, text.into());
-                    }
-                    Ok(Ok(None)) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "subscribe read failed"),
-                    Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
-                }),
+            async move {
+                let read = storage.send(GetRecord { key }).await;
+                // Never show a record before it is on disk.
+                durability.synced().await;
+                read
+            }
+            .into_actor(self)
+            .map(move |res, act, _| match res {
+                Ok(Ok(Some(record))) => {
+                    // Tool Db answers a subscribe with a `put` whatever the record.
+                    let kind = "put";
+                    act.mark_sent(&sender, &record.hash);
+                    let text = record_frame(kind, &req.id, act.own_to(), &record);
+                    act.send_to_conn(conn, text.into());
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "subscribe read failed"),
+                Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
+            }),
         );
     }
 
@@ -647,15 +701,18 @@ impl Hub {
             return;
         }
         let storage = self.storage.clone();
+        let durability = self.durability.clone();
         let max_records = self.settings.reconcile_max_records;
         ctx.spawn(
             async move {
-                storage
+                let answer = storage
                     .send(ReconcileStep {
                         step: msg.step,
                         max_records,
                     })
-                    .await
+                    .await;
+                durability.synced().await;
+                answer
             }
             .into_actor(self)
             .map(move |res, act, _| match res {

@@ -9,6 +9,7 @@ use actix::prelude::*;
 use serde::Deserialize;
 
 use crate::crdt;
+use crate::durability::Durability;
 use crate::messages::storage::*;
 use crate::record::{wins, Record, RecordError, RecordMeta};
 
@@ -21,26 +22,31 @@ pub struct Storage {
     db: sled::Db,
     records: sled::Tree,
     peers: sled::Tree,
-    sync_writes: bool,
+    /// Told of every write; the hub awaits it before exposing one.
+    durability: Durability,
 }
 
 impl Storage {
+    /// With `sync_writes`, a flusher thread (group commit) makes writes
+    /// durable and `durability()` tells when.
     pub fn new(db: sled::Db, sync_writes: bool) -> Result<Self, StorageError> {
+        let durability = if sync_writes {
+            Durability::start(db.clone())
+        } else {
+            Durability::off()
+        };
         let records = db.open_tree(RECORDS_TREE)?;
         let peers = db.open_tree(PEERS_TREE)?;
         Ok(Storage {
             db,
             records,
             peers,
-            sync_writes,
+            durability,
         })
     }
 
-    fn flush(&self) -> Result<(), StorageError> {
-        if self.sync_writes {
-            self.db.flush()?;
-        }
-        Ok(())
+    pub fn durability(&self) -> Durability {
+        self.durability.clone()
     }
 
     fn parse_stored(key: &str, bytes: &[u8]) -> Result<Record, StorageError> {
@@ -77,6 +83,7 @@ impl Storage {
         }
         let mut decision = Decision::Won;
         let incoming = record.meta();
+        let _write = self.durability.write();
         self.records
             .fetch_and_update(record.key.as_bytes(), |old| match old {
                 None => {
@@ -112,10 +119,7 @@ impl Storage {
                 },
             })?;
         match decision {
-            Decision::Won => {
-                self.flush()?;
-                Ok(StoreOutcome::Won(record))
-            }
+            Decision::Won => Ok(StoreOutcome::Won(record)),
             Decision::Lost(bytes) => Ok(StoreOutcome::Lost {
                 current: Self::parse_stored(&record.key, &bytes)?,
             }),
@@ -130,6 +134,7 @@ impl Storage {
     pub fn merge_crdt(&self, record: Record) -> Result<CrdtOutcome, StorageError> {
         let mut result: Result<Option<String>, String> = Ok(None);
         let mut current: Option<Vec<u8>> = None;
+        let _write = self.durability.write();
         self.records
             .fetch_and_update(record.key.as_bytes(), |old| match old {
                 None => {
@@ -162,13 +167,10 @@ impl Storage {
                 }
             })?;
         match result {
-            Ok(Some(text)) => {
-                self.flush()?;
-                Ok(CrdtOutcome::Merged(Self::parse_stored(
-                    &record.key,
-                    text.as_bytes(),
-                )?))
-            }
+            Ok(Some(text)) => Ok(CrdtOutcome::Merged(Self::parse_stored(
+                &record.key,
+                text.as_bytes(),
+            )?)),
             Ok(None) => Ok(CrdtOutcome::Unchanged {
                 current: Self::parse_stored(&record.key, &current.unwrap_or_default())?,
             }),
