@@ -87,6 +87,11 @@ pub struct Peering {
     pub quarantine_initial_ms: u64,
     /// Cap of the growing quarantine delay, in ms.
     pub quarantine_max_ms: u64,
+    /// How often two connected servers of ours reconcile their stores
+    /// (they also do at once when they connect), in seconds.
+    pub reconcile_every_secs: u64,
+    /// Most records sent in answer to one reconciliation step.
+    pub reconcile_max_records: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,6 +153,8 @@ impl Default for Peering {
             give_up_after: 3,
             quarantine_initial_ms: 5_000,
             quarantine_max_ms: 600_000,
+            reconcile_every_secs: 60,
+            reconcile_max_records: 100_000,
         }
     }
 }

@@ -17,6 +17,11 @@ fn identity_fields(kind: CrdtKind) -> &'static [&'static str] {
     }
 }
 
+/// A change's identity as canonical text (see `identity_fields`).
+pub fn identity_of(kind: CrdtKind, change: &Value) -> String {
+    identity(kind, change)
+}
+
 fn identity(kind: CrdtKind, change: &Value) -> String {
     let parts: Vec<&Value> = identity_fields(kind)
         .iter()
@@ -78,6 +83,56 @@ pub fn merge(stored: &Record, incoming: &Record) -> Result<Option<String>, Recor
     Ok(Some(Value::Object(obj).to_string()))
 }
 
+/// The value of a MAP change set, as Tool Db's `MapCrdt` computes it:
+/// changes sorted by `i`, then SET before DEL, then author; applied in order.
+pub fn map_value(changes: &[Value]) -> Map<String, Value> {
+    let mut sorted: Vec<&Value> = changes.iter().collect();
+    sorted.sort_by(|a, b| {
+        let i = |c: &Value| c.get("i").and_then(Value::as_u64).unwrap_or(0);
+        let op = |c: &Value| u8::from(c.get("t").and_then(Value::as_str) == Some("DEL"));
+        let author = |c: &Value| c.get("a").and_then(Value::as_str).unwrap_or("").to_owned();
+        i(a).cmp(&i(b))
+            .then(op(a).cmp(&op(b)))
+            .then_with(|| author(a).cmp(&author(b)))
+    });
+    let mut out = Map::new();
+    for change in sorted {
+        let Some(field) = change.get("k").and_then(Value::as_str) else {
+            continue;
+        };
+        match change.get("t").and_then(Value::as_str) {
+            Some("SET") => {
+                out.insert(
+                    field.to_owned(),
+                    change.get("v").cloned().unwrap_or(Value::Null),
+                );
+            }
+            Some("DEL") => {
+                out.remove(field);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A new MAP change for `field` (SET with `Some(value)`, DEL with `None`)
+/// by `author`, indexed after every change of that field, as `MapCrdt.SET`
+/// and `DEL` do.
+pub fn map_change(changes: &[Value], author: &str, field: &str, value: Option<Value>) -> Value {
+    let i = changes
+        .iter()
+        .filter(|c| c.get("k").and_then(Value::as_str) == Some(field))
+        .filter_map(|c| c.get("i").and_then(Value::as_u64))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    match value {
+        Some(v) => serde_json::json!({"t": "SET", "k": field, "a": author, "v": v, "i": i}),
+        None => serde_json::json!({"t": "DEL", "k": field, "a": author, "i": i}),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +155,27 @@ mod tests {
         assert_eq!(changes(&m).unwrap().len(), 2);
         // Merging the same again changes nothing.
         assert_eq!(merge(&m, &older).unwrap(), None);
+    }
+
+    #[test]
+    fn map_value_applies_changes_in_tool_db_order() {
+        let mut changes = vec![];
+        let c1 = map_change(&changes, "A", "x", Some(json!(1)));
+        changes.push(c1);
+        let c2 = map_change(&changes, "B", "x", Some(json!(2)));
+        assert_eq!(c2["i"], 2);
+        changes.push(c2);
+        changes.push(map_change(&changes, "A", "y", Some(json!("y"))));
+        assert_eq!(
+            map_value(&changes),
+            json!({"x": 2, "y": "y"}).as_object().cloned().unwrap()
+        );
+        // Same index: SET before DEL, so the DEL wins.
+        changes.push(json!({"t":"DEL","k":"y","a":"Z","i":1}));
+        assert_eq!(
+            map_value(&changes),
+            json!({"x": 2}).as_object().cloned().unwrap()
+        );
     }
 
     #[test]

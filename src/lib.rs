@@ -1,12 +1,14 @@
 //! tooldb-node: a Tool Db-compatible server.
 pub mod actors;
 pub mod bounded;
+pub mod client;
 pub mod config;
 pub mod crdt;
 pub mod crypto;
 pub mod dht;
 pub mod messages;
 pub mod peer;
+pub mod reconcile;
 pub mod record;
 pub mod registry;
 pub mod server;

@@ -1,12 +1,16 @@
 //! `tooldb-node`: the command line. Configuration precedence: defaults <
 //! `--config` file < `TOOLDB_*` environment < flags.
 
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use tooldb_node::client::{Client, DEFAULT_REQUEST_TIMEOUT};
 use tooldb_node::config::Config;
+use tooldb_node::crypto::KeyScheme;
 
 mod cli;
 
@@ -26,6 +30,14 @@ enum Command {
     /// Run the server: websocket for Tool Db peers, HTTP /health and /peers;
     /// announces itself and finds the other servers of its topic on the DHT.
     Serve(ServeArgs),
+    /// Client: sign and write VALUE (JSON, or else a string) under KEY; prints the record.
+    Put(PutArgs),
+    /// Client: read KEY from the servers, verified; prints the winning record or null.
+    Get(KeyArgs),
+    /// Client: follow KEY; prints one JSON record per update until killed.
+    Watch(KeyArgs),
+    /// Client: list the keys starting with PREFIX; prints a JSON array.
+    Query(QueryArgs),
     /// Look a topic up on the DHT without announcing; print each server
     /// endpoint found as one JSON line {"host":..,"port":..}.
     Discover(cli::DiscoverArgs),
@@ -37,6 +49,66 @@ enum Command {
     /// Offline demo: a private DHT plus N servers on 127.0.0.1 that find and
     /// connect to each other, printing what happens as JSON lines.
     Cluster(cli::ClusterArgs),
+}
+
+/// How a client command finds servers and signs.
+#[derive(Args)]
+struct ClientArgs {
+    #[arg(long, default_value = "tool-db-default")]
+    topic: String,
+    /// A DHT bootstrap node (HOST:PORT); repeatable. Without it and without
+    /// --peer, the public Mainline DHT is used.
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT")]
+    dht_bootstrap: Vec<String>,
+    /// A server (HOST:PORT); repeatable.
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    peers: Vec<String>,
+    /// The client's key, created if missing (default: a new key each run).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Scheme of a new key: secp256k1 or p256.
+    #[arg(long, default_value = "secp256k1", value_parser = parse_scheme)]
+    key_scheme: KeyScheme,
+    /// Seconds to find a server; also caps each request's wait.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Proof of work: leading zeros in record hashes.
+    #[arg(long, default_value_t = 0)]
+    pow: u32,
+}
+
+fn parse_scheme(s: &str) -> Result<KeyScheme, String> {
+    match s {
+        "secp256k1" => Ok(KeyScheme::Secp256k1),
+        "p256" => Ok(KeyScheme::P256),
+        other => Err(format!("unknown key scheme {other:?} (secp256k1 or p256)")),
+    }
+}
+
+#[derive(Args)]
+struct PutArgs {
+    key: String,
+    /// JSON; text that is not JSON is stored as a string.
+    value: String,
+    /// Write under our user namespace (:ADDRESS.KEY).
+    #[arg(long)]
+    user: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+struct KeyArgs {
+    key: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    prefix: String,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Args)]
@@ -104,18 +176,135 @@ impl ServeArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Client commands print JSON on stdout; their log stays quiet by default.
+    let default_level = match cli.command {
+        Command::Put(_) | Command::Get(_) | Command::Watch(_) | Command::Query(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Serve(args) => serve(args.into_config()?),
         Command::Discover(args) => cli::discover(args),
         Command::DhtBootstrap(args) => cli::dht_bootstrap(args),
         Command::Cluster(args) => cli::cluster(args),
+        Command::Put(args) => client_put(args),
+        Command::Get(args) => client_get(args),
+        Command::Watch(args) => client_watch(args),
+        Command::Query(args) => client_query(args),
+    }
+}
+
+/// Runs a client command: connects (failing if no server is found within
+/// `--timeout`), runs `f`, closes.
+fn with_client<F, Fut>(args: ClientArgs, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    anyhow::ensure!(
+        args.timeout.is_finite() && args.timeout > 0.0,
+        "--timeout must be a positive number of seconds"
+    );
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let mut b = Client::builder()
+        .topic(args.topic)
+        .peers(args.peers.iter().cloned())
+        .key_scheme(args.key_scheme)
+        .pow(args.pow)
+        .connect_timeout(timeout)
+        .request_timeout(timeout.min(DEFAULT_REQUEST_TIMEOUT));
+    if let Some(path) = args.key_file {
+        b = b.key_file(path);
+    }
+    if !args.dht_bootstrap.is_empty() {
+        b = b.dht_bootstrap(args.dht_bootstrap);
+    } else if args.peers.is_empty() {
+        b = b.public_dht();
+    }
+    actix::System::new().block_on(async move {
+        let client = b.connect().await?;
+        let result = f(client.clone()).await;
+        client.close();
+        result
+    })
+}
+
+/// Prints one line of JSON on stdout, flushed (watchers read line by line).
+fn print_line(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `put KEY VALUE`: VALUE as JSON, falling back to a JSON string.
+fn client_put(args: PutArgs) -> anyhow::Result<()> {
+    let value = serde_json::from_str(&args.value)
+        .unwrap_or_else(|_| serde_json::Value::String(args.value.clone()));
+    let (key, user) = (args.key, args.user);
+    with_client(args.client, |client| async move {
+        let record = if user {
+            client.put_user(&key, value).await?
+        } else {
+            client.put(&key, value).await?
+        };
+        print_line(record.raw())
+    })
+}
+
+fn client_get(args: KeyArgs) -> anyhow::Result<()> {
+    let key = args.key;
+    with_client(args.client, |client| async move {
+        let record = client.get(&key).await?;
+        report_bad_servers(&client).await;
+        print_line(record.as_ref().map_or("null", |r| r.raw()))
+    })
+}
+
+fn client_watch(args: KeyArgs) -> anyhow::Result<()> {
+    let key = args.key;
+    with_client(args.client, |client| async move {
+        let mut updates = client.subscribe(&key).await?;
+        while let Some(record) = updates.next().await {
+            print_line(record.raw())?;
+        }
+        anyhow::bail!("the client stopped")
+    })
+}
+
+fn client_query(args: QueryArgs) -> anyhow::Result<()> {
+    let prefix = args.prefix;
+    with_client(args.client, |client| async move {
+        let keys = client.query(&prefix).await?;
+        print_line(&serde_json::to_string(&keys)?)
+    })
+}
+
+/// Says on stderr which servers answered with forged records.
+async fn report_bad_servers(client: &Client) {
+    for bad in client.bad_servers().await.unwrap_or_default() {
+        eprintln!(
+            "warning: server {} ({}) sent a forged record of {:?}: {}",
+            bad.endpoint, bad.address, bad.key, bad.reason
+        );
     }
 }
 

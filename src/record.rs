@@ -23,6 +23,15 @@ pub enum CrdtKind {
 }
 
 impl CrdtKind {
+    /// The wire name (`c`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrdtKind::Map => "MAP",
+            CrdtKind::List => "LIST",
+            CrdtKind::Counter => "COUNTER",
+        }
+    }
+
     fn parse(s: &str) -> Option<Self> {
         match s {
             "MAP" => Some(CrdtKind::Map),
@@ -285,13 +294,45 @@ pub fn now_ms() -> u64 {
 /// Builds and signs a plain record, as a Tool Db client's `putData` does.
 /// Used by our own clients and tests; a server never re-creates others' records.
 pub fn sign_record(key_pair: &crypto::NodeKey, key: &str, value: &Value, timestamp: u64) -> Record {
+    sign_record_with(key_pair, key, value, timestamp, None, 0)
+}
+
+/// The first nonce from 0 whose `sha256hex(prefix + nonce)` starts with
+/// `zeros` zeros, and that hash (Tool Db's `proofOfWork`). `zeros == 0`
+/// gives nonce 0.
+pub fn proof_of_work(prefix: &str, zeros: u32) -> (u64, String) {
+    let mut n = 0u64;
+    loop {
+        let h = crypto::sha256_hex(format!("{prefix}{n}").as_bytes());
+        if h.bytes().take(zeros as usize).all(|c| c == b'0') {
+            return (n, h);
+        }
+        n += 1;
+    }
+}
+
+/// Builds and signs a record: plain (`crdt` None) or a CRDT whose `value` is
+/// its change list, with `pow_zeros` leading zeros of proof of work in `h`
+/// (`h = sha256hex(JSON(v) + a + t + n)`). `pow_zeros` 16 means about 65,000
+/// hashes; callers with large values should run this off their event loop.
+pub fn sign_record_with(
+    key_pair: &crypto::NodeKey,
+    key: &str,
+    value: &Value,
+    timestamp: u64,
+    crdt: Option<CrdtKind>,
+    pow_zeros: u32,
+) -> Record {
     let v = serde_json::to_string(value).expect("a JSON value serialises");
     let a = key_pair.address();
-    let n = 0u64;
-    let h = crypto::sha256_hex(format!("{v}{a}{timestamp}{n}").as_bytes());
+    let (n, h) = proof_of_work(&format!("{v}{a}{timestamp}"), pow_zeros);
     let s = key_pair.sign(h.as_bytes());
+    let c = crdt.map_or_else(
+        || "null".to_owned(),
+        |k| serde_json::to_string(k.as_str()).unwrap(),
+    );
     let text = format!(
-        r#"{{"k":{},"a":{},"n":{n},"t":{timestamp},"h":{},"s":{},"v":{v},"c":null}}"#,
+        r#"{{"k":{},"a":{},"n":{n},"t":{timestamp},"h":{},"s":{},"v":{v},"c":{c}}}"#,
         serde_json::to_string(key).unwrap(),
         serde_json::to_string(a).unwrap(),
         serde_json::to_string(&h).unwrap(),
@@ -399,6 +440,20 @@ mod tests {
                 Err(RecordError::NoProofOfWork { zeros: 3 })
             );
         }
+    }
+
+    #[test]
+    fn proof_of_work_records_verify_with_their_zeros() {
+        for scheme in [KeyScheme::Secp256k1, KeyScheme::P256] {
+            let k = NodeKey::generate(scheme);
+            let r = sign_record_with(&k, "x", &json!({"a": 1}), now_ms(), None, 3);
+            assert!(r.hash.starts_with("000"), "{}", r.hash);
+            assert_eq!(r.verify(now_ms(), 3), Ok(()));
+            let m = sign_record_with(&k, "m", &json!([]), now_ms(), Some(CrdtKind::Map), 2);
+            assert_eq!(m.crdt, Some(CrdtKind::Map));
+            assert_eq!(m.verify(now_ms(), 2), Ok(()));
+        }
+        assert_eq!(proof_of_work("abc", 0).0, 0);
     }
 
     #[test]

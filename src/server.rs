@@ -185,6 +185,8 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         port,
         pow: config.pow,
         limits: config.limits.clone(),
+        reconcile_every_secs: config.peering.reconcile_every_secs,
+        reconcile_max_records: config.peering.reconcile_max_records,
     };
     let self_endpoints: Vec<String> = [host.as_str(), "127.0.0.1", "localhost", "0.0.0.0"]
         .iter()

@@ -26,7 +26,7 @@ use crate::messages::crypto::VerifyPing;
 use crate::messages::hub::{
     next_conn_id, ConnId, ConnectionClosed, ConnectionIdentified, FrameReceived,
 };
-use crate::messages::wire::{new_message_id, Ping, WireError, WireMessage};
+use crate::messages::wire::{new_message_id, Extensions, Ping, WireError, WireMessage};
 use crate::peer::PeerError;
 
 /// How often we ping an idle socket to see that it is alive.
@@ -250,6 +250,7 @@ impl ClientSession {
             conn: self.conn,
             handle: ConnHandle::of(&ctx.address()),
             is_server: ping.is_server && peer.is_some(),
+            reconcile: ping.is_server && Extensions::reconciles(&ping.ext),
             client_id,
             peer,
             outbound: false,

@@ -46,6 +46,8 @@ pub struct HubSettings {
     pub port: u16,
     pub pow: u32,
     pub limits: Limits,
+    pub reconcile_every_secs: u64,
+    pub reconcile_max_records: usize,
 }
 
 struct Conn {
@@ -53,6 +55,8 @@ struct Conn {
     client_id: String,
     /// The verified server address, for server connections.
     address: Option<String>,
+    /// A server of ours: speaks the `reconcile` extension.
+    reconcile: bool,
     is_server: bool,
     outbound: bool,
     invalid_records: u32,
@@ -300,6 +304,7 @@ impl Hub {
             client_id: self.settings.client_id.clone(),
             is_server: true,
             servers,
+            ext: Some(Extensions::ours()),
         });
         pong.to_text()
     }
@@ -597,6 +602,94 @@ impl Hub {
         self.send_to_conn(conn, reply.to_text().into());
     }
 
+    /// Starts a reconciliation with a server of ours, if we are the side
+    /// that starts (the smaller address, so only one side does).
+    fn maybe_reconcile(&mut self, conn: ConnId, ctx: &mut Context<Self>) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let starts = c.reconcile
+            && c.address
+                .as_deref()
+                .is_some_and(|a| self.settings.address.as_str() < a);
+        if !starts {
+            return;
+        }
+        let storage = self.storage.clone();
+        ctx.spawn(
+            async move { storage.send(ReconcileStart).await }
+                .into_actor(self)
+                .map(move |res, act, _| match res {
+                    Ok(Ok(step)) => act.send_reconcile(conn, step),
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot start a reconciliation"),
+                    Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
+                }),
+        );
+    }
+
+    fn send_reconcile(&self, conn: ConnId, step: crate::reconcile::Step) {
+        let msg = WireMessage::Reconcile(Reconcile {
+            id: new_message_id(),
+            to: self.own_to(),
+            step,
+        });
+        self.send_to_conn(conn, msg.to_text().into());
+    }
+
+    /// Answers a reconciliation step from a server of ours: replies, and the
+    /// records it lacks, sent as ordinary puts (it verifies them like any).
+    fn on_reconcile(&mut self, conn: ConnId, msg: Reconcile, ctx: &mut Context<Self>) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if !c.reconcile {
+            tracing::debug!(client = %c.client_id, "ignored a reconcile step from a peer that did not offer it");
+            return;
+        }
+        let storage = self.storage.clone();
+        let max_records = self.settings.reconcile_max_records;
+        ctx.spawn(
+            async move {
+                storage
+                    .send(ReconcileStep {
+                        step: msg.step,
+                        max_records,
+                    })
+                    .await
+            }
+            .into_actor(self)
+            .map(move |res, act, _| match res {
+                Ok(Ok(answer)) => {
+                    if !answer.records.is_empty() {
+                        tracing::debug!(
+                            conn,
+                            records = answer.records.len(),
+                            "reconcile: sending records"
+                        );
+                    }
+                    let client = act.conns.get(&conn).map(|c| c.client_id.clone());
+                    for record in answer.records {
+                        let kind = if record.crdt.is_some() {
+                            "crdtPut"
+                        } else {
+                            "put"
+                        };
+                        if let Some(client) = &client {
+                            act.mark_sent(client, &record.hash);
+                        }
+                        let text = record_frame(kind, &new_message_id(), act.own_to(), &record);
+                        act.send_to_conn(conn, text.into());
+                    }
+                    for step in answer.reply {
+                        act.send_reconcile(conn, step);
+                    }
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "reconcile step failed"),
+                Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
+            }),
+        );
+    }
+
     fn on_pong(&mut self, pong: Pong, ctx: &mut Context<Self>) {
         let crypto = self.crypto.clone();
         let topic = self.settings.topic.clone();
@@ -650,6 +743,13 @@ impl Actor for Hub {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(CLEANUP_EVERY, |act, _| act.cleanup());
+        let every = Duration::from_secs(self.settings.reconcile_every_secs.max(1));
+        ctx.run_interval(every, |act, ctx| {
+            let conns: Vec<ConnId> = act.conns.keys().copied().collect();
+            for conn in conns {
+                act.maybe_reconcile(conn, ctx);
+            }
+        });
         // Re-sign our record well inside the window peers accept.
         let every = Duration::from_millis((self.settings.limits.ping_window_ms / 4).max(1000));
         ctx.run_interval(every, |act, ctx| act.resign(ctx));
@@ -658,7 +758,7 @@ impl Actor for Hub {
 
 impl Handler<ConnectionIdentified> for Hub {
     type Result = ();
-    fn handle(&mut self, msg: ConnectionIdentified, _: &mut Self::Context) {
+    fn handle(&mut self, msg: ConnectionIdentified, ctx: &mut Self::Context) {
         if msg
             .peer
             .as_ref()
@@ -717,6 +817,7 @@ impl Handler<ConnectionIdentified> for Hub {
                     .as_ref()
                     .filter(|_| msg.is_server)
                     .map(|p| p.address.clone()),
+                reconcile: msg.is_server && msg.reconcile,
                 is_server: msg.is_server,
                 outbound: msg.outbound,
                 invalid_records: 0,
@@ -725,6 +826,7 @@ impl Handler<ConnectionIdentified> for Hub {
         if let Some(ping_id) = msg.ping_id {
             self.send_pong(msg.conn, &ping_id);
         }
+        self.maybe_reconcile(msg.conn, ctx);
     }
 }
 
@@ -750,6 +852,7 @@ impl Handler<FrameReceived> for Hub {
             WireMessage::Subscribe(r) => self.on_subscribe(msg.conn, sender, r, ctx),
             WireMessage::Query(r) => self.on_query(msg.conn, sender, r, ctx),
             WireMessage::Function(f) => self.on_function(msg.conn, f),
+            WireMessage::Reconcile(r) => self.on_reconcile(msg.conn, r, ctx),
             // Answers to queries we relayed: our own answer went already.
             WireMessage::QueryAck(_) | WireMessage::FunctionReturn(_) => {}
         }
@@ -891,6 +994,7 @@ mod tests {
                 peer,
                 outbound: false,
                 dialed: None,
+                reconcile: false,
                 ping_id: Some("ping".into()),
                 servers: vec![],
             });
@@ -938,6 +1042,8 @@ mod tests {
             port: 1,
             pow: 0,
             limits: Limits::default(),
+            reconcile_every_secs: 60,
+            reconcile_max_records: 1000,
         };
         let me = Peer::sign(&key, "t", "127.0.0.1", 1, now_ms());
         let hub = Hub::new(settings, storage, crypto, me).start();

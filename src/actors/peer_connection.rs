@@ -27,7 +27,7 @@ use crate::messages::hub::{
     next_conn_id, ConnId, ConnectionClosed, ConnectionIdentified, FrameReceived, GetSelfPeer,
 };
 use crate::messages::registry::DialGaveUp;
-use crate::messages::wire::{new_message_id, Ping, Pong, WireMessage};
+use crate::messages::wire::{new_message_id, Extensions, Ping, Pong, WireMessage};
 
 type WsSink = SplitSink<actix_codec::Framed<awc::BoxedSocket, ws::Codec>, ws::Message>;
 
@@ -71,6 +71,8 @@ pub struct PeerConnection {
     sink: Option<SinkWrite<ws::Message, WsSink>>,
     state: State,
     failures: u32,
+    /// Frames that came while the pong was being verified.
+    early: Vec<WireMessage>,
 }
 
 impl PeerConnection {
@@ -89,6 +91,7 @@ impl PeerConnection {
             sink: None,
             state: State::Idle,
             failures: 0,
+            early: Vec::new(),
         }
     }
 
@@ -145,6 +148,7 @@ impl PeerConnection {
                         client_id: act.services.client_id.to_string(),
                         is_server: true,
                         peer: Some(serde_json::to_value(peer).expect("peer serialises")),
+                        ext: Some(Extensions::ours()),
                     });
                     act.state = State::AwaitingPong(id);
                     act.write(ping.to_text());
@@ -181,6 +185,7 @@ impl PeerConnection {
         let crypto = self.services.crypto.clone();
         let topic = self.services.config.topic.clone();
         let claimed = pong.client_id.clone();
+        let reconcile = Extensions::reconciles(&pong.ext);
         ctx.spawn(
             async move { crypto.send(VerifyServers { servers: pong.servers, topic }).await }
                 .into_actor(self)
@@ -201,9 +206,13 @@ impl PeerConnection {
                         peer: Some(own),
                         outbound: true,
                         dialed: Some(act.target()),
+                        reconcile,
                         ping_id: None,
                         servers,
                     });
+                    for msg in std::mem::take(&mut act.early) {
+                        act.services.hub.do_send(FrameReceived { conn: act.conn, msg });
+                    }
                 }),
         );
     }
@@ -222,6 +231,13 @@ impl PeerConnection {
                 conn: self.conn,
                 msg,
             }),
+            // The server may send right after its pong (e.g. a reconcile
+            // step) while we still verify that pong: keep it for after.
+            (State::AwaitingPong(_), other)
+                if self.early.len() < self.services.config.limits.handshake_queue =>
+            {
+                self.early.push(other);
+            }
             (_, other) => {
                 tracing::debug!(peer = %self.target(), kind = other.kind(), "ignored a frame before the pong");
             }
@@ -270,6 +286,7 @@ impl Supervised for PeerConnection {
             self.failures + 1
         };
         self.sink = None;
+        self.early.clear();
         self.conn = next_conn_id();
         self.state = State::Idle;
         let limit = self.services.config.peering.give_up_after;

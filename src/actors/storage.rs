@@ -226,6 +226,81 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Our items (key, digest) in `range`, sorted by key.
+    pub fn items(
+        &self,
+        range: &crate::reconcile::Range,
+    ) -> Result<Vec<crate::reconcile::Item>, StorageError> {
+        use std::ops::Bound;
+        let lo = range
+            .lo
+            .as_ref()
+            .map_or(Bound::Unbounded, |k| Bound::Included(k.as_bytes().to_vec()));
+        let hi = range
+            .hi
+            .as_ref()
+            .map_or(Bound::Unbounded, |k| Bound::Excluded(k.as_bytes().to_vec()));
+        let mut out = vec![];
+        for item in self.records.range::<Vec<u8>, _>((lo, hi)) {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let record = Self::parse_stored(&key, &v)?;
+            out.push(crate::reconcile::Item {
+                digest: crate::reconcile::digest_of(&record),
+                key,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn reconcile_step(
+        &self,
+        step: &crate::reconcile::Step,
+        max_records: usize,
+    ) -> Result<ReconcileAnswer, StorageError> {
+        use crate::reconcile::Step;
+        let ranges: Vec<crate::reconcile::Range> = match step {
+            Step::Ranges { ranges } => ranges.iter().map(|r| r.range.clone()).collect(),
+            Step::Items { range, .. } => vec![range.clone()],
+            Step::Need { .. } => vec![],
+        };
+        let mut own = vec![];
+        for r in &ranges {
+            own.extend(self.items(r)?);
+        }
+        own.sort_by(|a, b| a.key.cmp(&b.key));
+        own.dedup_by(|a, b| a.key == b.key);
+        let outcome = crate::reconcile::respond(&own, step);
+        let mut records = vec![];
+        for key in outcome.send.iter().take(max_records) {
+            if let Some(r) = self.get(key)? {
+                records.push(r);
+            }
+        }
+        Ok(ReconcileAnswer {
+            reply: outcome.reply,
+            records,
+        })
+    }
+}
+
+impl Handler<ReconcileStart> for Storage {
+    type Result = Result<crate::reconcile::Step, StorageError>;
+    fn handle(&mut self, _: ReconcileStart, _: &mut Self::Context) -> Self::Result {
+        Ok(crate::reconcile::start(
+            &self.items(&crate::reconcile::Range::all())?,
+        ))
+    }
+}
+
+impl Handler<ReconcileStep> for Storage {
+    type Result = Result<ReconcileAnswer, StorageError>;
+    fn handle(&mut self, msg: ReconcileStep, _: &mut Self::Context) -> Self::Result {
+        self.reconcile_step(&msg.step, msg.max_records)
+    }
+}
+
 impl Handler<SavePeer> for Storage {
     type Result = Result<(), StorageError>;
     fn handle(&mut self, msg: SavePeer, _: &mut Self::Context) -> Self::Result {

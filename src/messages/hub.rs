@@ -33,6 +33,8 @@ pub struct ConnectionIdentified {
     pub outbound: bool,
     /// The endpoint we dialed (outbound only).
     pub dialed: Option<String>,
+    /// The remote offered our anti-entropy extension.
+    pub reconcile: bool,
     /// The ping to answer with a pong (inbound connections).
     pub ping_id: Option<String>,
     /// Servers the remote listed in its pong, already verified.

@@ -63,6 +63,27 @@ pub struct QueryKeys {
 #[rtype(result = "Result<(), StorageError>")]
 pub struct FlushStorage;
 
+/// First step of a reconciliation we start: our fingerprints of the key space.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<crate::reconcile::Step, StorageError>")]
+pub struct ReconcileStart;
+
+/// Answers one reconciliation step from a peer: the steps to send back and
+/// the records of ours it lacks or holds differently.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<ReconcileAnswer, StorageError>")]
+pub struct ReconcileStep {
+    pub step: crate::reconcile::Step,
+    /// Most records sent for one step (bounds what one frame can ask for).
+    pub max_records: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct ReconcileAnswer {
+    pub reply: Vec<crate::reconcile::Step>,
+    pub records: Vec<Record>,
+}
+
 /// Save a verified server record in the peer book (newest per address).
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), StorageError>")]

@@ -24,6 +24,7 @@ pub enum WireMessage {
     CrdtGet(KeyRequest),
     Function(FunctionCall),
     FunctionReturn(FunctionReturn),
+    Reconcile(Reconcile),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +40,33 @@ pub struct Ping {
     /// Kept loose: a client ping with a bad record is still served.
     #[serde(default)]
     pub peer: Option<Value>,
+    /// Our extensions (Tool Db ignores unknown fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext: Option<Extensions>,
+}
+
+/// Extensions a `tooldb-node` offers in its `ping` and `pong`; a plain
+/// Tool Db peer neither sends nor reads them, so nothing changes with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Extensions {
+    /// Version of the `reconcile` anti-entropy messages spoken (0 = none).
+    #[serde(default)]
+    pub reconcile: u32,
+}
+
+/// The anti-entropy version this build speaks.
+pub const RECONCILE_VERSION: u32 = 1;
+
+impl Extensions {
+    pub fn ours() -> Extensions {
+        Extensions {
+            reconcile: RECONCILE_VERSION,
+        }
+    }
+
+    pub fn reconciles(ext: &Option<Extensions>) -> bool {
+        ext.is_some_and(|e| e.reconcile == RECONCILE_VERSION)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +82,18 @@ pub struct Pong {
     /// Kept loose: each listed record is verified on its own, bad ones dropped.
     #[serde(default)]
     pub servers: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext: Option<Extensions>,
+}
+
+/// One step of an anti-entropy reconciliation between two of our servers
+/// (an extension type: Tool Db peers drop unknown types).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reconcile {
+    pub id: String,
+    #[serde(default)]
+    pub to: Vec<String>,
+    pub step: crate::reconcile::Step,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,6 +183,7 @@ impl WireMessage {
             "crdtGet" => WireMessage::CrdtGet(body(&kind, text)?),
             "function" => WireMessage::Function(body(&kind, text)?),
             "functionReturn" => WireMessage::FunctionReturn(body(&kind, text)?),
+            "reconcile" => WireMessage::Reconcile(body(&kind, text)?),
             other => return Err(WireError::UnknownType(other.to_owned())),
         })
     }
@@ -165,6 +206,7 @@ impl WireMessage {
             WireMessage::CrdtGet(_) => "crdtGet",
             WireMessage::Function(_) => "function",
             WireMessage::FunctionReturn(_) => "functionReturn",
+            WireMessage::Reconcile(_) => "reconcile",
         }
     }
 
@@ -180,6 +222,7 @@ impl WireMessage {
             WireMessage::QueryAck(m) => &m.id,
             WireMessage::Function(m) => &m.id,
             WireMessage::FunctionReturn(m) => &m.id,
+            WireMessage::Reconcile(m) => &m.id,
         }
     }
 
@@ -195,6 +238,7 @@ impl WireMessage {
             WireMessage::QueryAck(m) => &m.to,
             WireMessage::Function(m) => &m.to,
             WireMessage::FunctionReturn(m) => &m.to,
+            WireMessage::Reconcile(m) => &m.to,
         }
     }
 
@@ -210,6 +254,7 @@ impl WireMessage {
             WireMessage::QueryAck(m) => m.to = to,
             WireMessage::Function(m) => m.to = to,
             WireMessage::FunctionReturn(m) => m.to = to,
+            WireMessage::Reconcile(m) => m.to = to,
         }
     }
 }
@@ -253,8 +298,8 @@ mod tests {
             WireError::NoType
         );
         assert_eq!(
-            WireMessage::parse(r#"{"type":"reconcile","id":"x"}"#).unwrap_err(),
-            WireError::UnknownType("reconcile".into())
+            WireMessage::parse(r#"{"type":"gossip","id":"x"}"#).unwrap_err(),
+            WireError::UnknownType("gossip".into())
         );
         let err = WireMessage::parse(r#"{"type":"get","id":"x"}"#).unwrap_err();
         assert!(

@@ -1,0 +1,292 @@
+//! `ServerConnection`: one outbound websocket (awc) from a client to one
+//! server. Started by `ClientCore`, which holds its `Addr` once identified.
+//!
+//! On start it dials `ws://HOST:PORT` (`wss://HOST` for port 443) and sends
+//! a client `ping` (`isServer: false`, a fresh signed peer record, `to:
+//! [own id]`), then waits for the `pong`: the pong must list a verifiable
+//! record whose client id is the pong's `clientId`, the server's identity.
+//! Until then nothing else is sent or passed on. Then every frame goes to
+//! the core as `ServerFrame`. Handles `SendText` and `CloseServer`.
+//!
+//! A failed dial, a handshake past its deadline, a close or a socket error
+//! stops it, reported once as `ServerClosed` from `stopped()`. It never
+//! redials: the core decides what to dial next, with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::io::{SinkWrite, WriteHandler};
+use actix::prelude::*;
+use awc::error::WsProtocolError;
+use awc::ws;
+use futures_util::stream::{SplitSink, StreamExt};
+
+use crate::actors::peer_connection::peer_url;
+use crate::client::book::Endpoint;
+use crate::client::core::ClientCore;
+use crate::client::messages::{CloseServer, SendText, ServerClosed, ServerFrame, ServerIdentified};
+use crate::crypto::NodeKey;
+use crate::messages::hub::ConnId;
+use crate::messages::wire::{new_message_id, Ping, Pong, WireMessage};
+use crate::peer::Peer;
+use crate::record::now_ms;
+
+/// Largest frame accepted from a server.
+pub const MAX_FRAME_BYTES: usize = 4 << 20;
+
+/// Host and port a client's ping record carries: Tool Db clients send the
+/// library defaults although they listen nowhere (tests/interop/README.md).
+const CLIENT_PEER_HOST: &str = "127.0.0.1";
+const CLIENT_PEER_PORT: u16 = 8080;
+
+type WsSink = SplitSink<actix_codec::Framed<awc::BoxedSocket, ws::Codec>, ws::Message>;
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    Connecting,
+    AwaitingPong(String),
+    Identified,
+}
+
+pub struct ServerConnection {
+    conn: ConnId,
+    endpoint: Endpoint,
+    core: Addr<ClientCore>,
+    key: Arc<NodeKey>,
+    topic: String,
+    handshake_timeout: Duration,
+    sink: Option<SinkWrite<ws::Message, WsSink>>,
+    state: State,
+}
+
+impl ServerConnection {
+    pub fn new(
+        conn: ConnId,
+        endpoint: Endpoint,
+        core: Addr<ClientCore>,
+        key: Arc<NodeKey>,
+        topic: String,
+        handshake_timeout: Duration,
+    ) -> Self {
+        ServerConnection {
+            conn,
+            endpoint,
+            core,
+            key,
+            topic,
+            handshake_timeout,
+            sink: None,
+            state: State::Connecting,
+        }
+    }
+
+    fn write(&mut self, text: String) {
+        if let Some(sink) = self.sink.as_mut() {
+            let _ = sink.write(ws::Message::Text(text.into()));
+        }
+    }
+
+    fn send_ping(&mut self) {
+        let id = new_message_id();
+        let own = self.key.client_id().to_owned();
+        let peer = Peer::sign(
+            &self.key,
+            &self.topic,
+            CLIENT_PEER_HOST,
+            CLIENT_PEER_PORT,
+            now_ms(),
+        );
+        let ping = WireMessage::Ping(Ping {
+            id: id.clone(),
+            to: vec![own.clone()],
+            client_id: own,
+            is_server: false,
+            peer: Some(serde_json::to_value(peer).expect("peer serialises")),
+            ext: None,
+        });
+        self.state = State::AwaitingPong(id);
+        self.write(ping.to_text());
+    }
+
+    fn on_pong(&mut self, pong: Pong, ctx: &mut Context<Self>) {
+        let servers = verified_servers(&pong.servers, &self.topic);
+        let Some(own) = servers
+            .iter()
+            .find(|p| p.client_id() == pong.client_id)
+            .cloned()
+        else {
+            tracing::warn!(server = %self.endpoint, client = %pong.client_id, "closing: the pong has no verifiable record of its sender");
+            return self.close("pong without a verifiable record of its sender", ctx);
+        };
+        self.state = State::Identified;
+        tracing::debug!(server = %self.endpoint, address = %own.address, "connected");
+        self.core.do_send(ServerIdentified {
+            conn: self.conn,
+            handle: ctx.address(),
+            peer: own,
+            servers,
+        });
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        let msg = match WireMessage::parse(text) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(server = %self.endpoint, error = %e, "ignored a frame");
+                return;
+            }
+        };
+        match (&self.state, msg) {
+            (State::AwaitingPong(id), WireMessage::Pong(p)) if *id == p.id => self.on_pong(p, ctx),
+            (State::Identified, msg) => self.core.do_send(ServerFrame {
+                conn: self.conn,
+                msg,
+            }),
+            (_, other) => {
+                tracing::debug!(server = %self.endpoint, kind = other.kind(), "ignored a frame before the pong")
+            }
+        }
+    }
+
+    fn close(&mut self, reason: &str, ctx: &mut Context<Self>) {
+        if let Some(sink) = self.sink.as_mut() {
+            let _ = sink.write(ws::Message::Close(Some(ws::CloseReason {
+                code: ws::CloseCode::Normal,
+                description: Some(reason.to_owned()),
+            })));
+            sink.close();
+        }
+        ctx.stop();
+    }
+}
+
+/// The listed peer records that are of our topic and whose signature
+/// verifies; the others are dropped (and logged).
+pub fn verified_servers(servers: &[serde_json::Value], topic: &str) -> Vec<Peer> {
+    servers
+        .iter()
+        .filter_map(|v| match Peer::from_value(v) {
+            Ok(p) if p.topic != topic => {
+                tracing::debug!(address = %p.address, topic = %p.topic, "dropped a listed server of another topic");
+                None
+            }
+            Ok(p) => match p.verify_signature() {
+                Ok(()) => Some(p),
+                Err(e) => {
+                    tracing::warn!(address = %p.address, error = %e, "dropped a listed server whose record does not verify");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "dropped a malformed listed server");
+                None
+            }
+        })
+        .collect()
+}
+
+impl Actor for ServerConnection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let url = peer_url(&self.endpoint.host, self.endpoint.port);
+        let fut = awc::Client::builder()
+            .timeout(self.handshake_timeout)
+            .finish()
+            .ws(url)
+            .max_frame_size(MAX_FRAME_BYTES)
+            .connect();
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok((_resp, framed)) => {
+                let (sink, stream) = framed.split();
+                act.sink = Some(SinkWrite::new(sink, ctx));
+                ctx.add_stream(stream);
+                act.send_ping();
+            }
+            Err(e) => {
+                tracing::debug!(server = %act.endpoint, error = %e, "dial failed");
+                ctx.stop();
+            }
+        }));
+        // A dial or handshake that hangs counts as failed.
+        ctx.run_later(self.handshake_timeout, |act, ctx| {
+            if act.state != State::Identified {
+                tracing::debug!(server = %act.endpoint, "handshake timed out");
+                act.close("handshake timed out", ctx);
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.core.do_send(ServerClosed {
+            conn: self.conn,
+            identified: self.state == State::Identified,
+        });
+    }
+}
+
+impl WriteHandler<WsProtocolError> for ServerConnection {}
+
+impl StreamHandler<Result<ws::Frame, WsProtocolError>> for ServerConnection {
+    fn handle(&mut self, item: Result<ws::Frame, WsProtocolError>, ctx: &mut Self::Context) {
+        match item {
+            Ok(ws::Frame::Text(bytes)) => match std::str::from_utf8(&bytes) {
+                Ok(text) => self.on_text(text, ctx),
+                Err(_) => tracing::debug!(server = %self.endpoint, "ignored a non-UTF-8 frame"),
+            },
+            Ok(ws::Frame::Ping(b)) => {
+                if let Some(sink) = self.sink.as_mut() {
+                    let _ = sink.write(ws::Message::Pong(b));
+                }
+            }
+            Ok(ws::Frame::Close(reason)) => {
+                tracing::info!(server = %self.endpoint, reason = ?reason, "server closed the connection");
+                ctx.stop();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::info!(server = %self.endpoint, error = %e, "connection error");
+                ctx.stop();
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<SendText> for ServerConnection {
+    type Result = ();
+    fn handle(&mut self, msg: SendText, _: &mut Self::Context) {
+        self.write(msg.text);
+    }
+}
+
+impl Handler<CloseServer> for ServerConnection {
+    type Result = ();
+    fn handle(&mut self, msg: CloseServer, ctx: &mut Self::Context) {
+        self.close(&msg.reason, ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KeyScheme;
+
+    #[test]
+    fn listed_servers_that_fail_verification_are_dropped() {
+        let good = Peer::sign(&NodeKey::generate(KeyScheme::P256), "t", "h", 1, 5);
+        let mut moved = Peer::sign(&NodeKey::generate(KeyScheme::Secp256k1), "t", "h", 2, 5);
+        moved.port = 3;
+        let other_topic = Peer::sign(&NodeKey::generate(KeyScheme::Secp256k1), "u", "h", 4, 5);
+        let listed = vec![
+            serde_json::to_value(&good).unwrap(),
+            serde_json::to_value(&moved).unwrap(),
+            serde_json::to_value(&other_topic).unwrap(),
+            serde_json::json!({"topic": "t"}),
+        ];
+        assert_eq!(verified_servers(&listed, "t"), vec![good]);
+    }
+}
