@@ -652,7 +652,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     // Every fault was already undone by `apply`; the network is healed.
     let heal = Instant::now();
     eprintln!("chaos: faults over; waiting for convergence");
-    let converge_ms = converge(&shared, heal + Duration::from_secs(args.converge_secs));
+    let converged = converge(&shared, heal + Duration::from_secs(args.converge_secs));
     let mesh_ms = wait_full_mesh(&shared, reconnect_bound.saturating_sub(heal.elapsed()));
     if mesh_ms.is_none() {
         // The monitor names the pairs; wait one more poll so it sees them.
@@ -704,7 +704,8 @@ fn run(args: Args) -> anyhow::Result<bool> {
         "keys_confirmed": keys_confirmed.len(),
         "peer_restarts": shared.peer_restarts.load(Ordering::SeqCst),
         "initial_mesh_ms": initial_mesh_ms,
-        "converge_ms": converge_ms,
+        "converge_ms": converged.ms,
+        "keys_diverged_at_heal": converged.diverged_at_heal,
         "reconnect_bound_ms": reconnect_bound.as_millis() as u64,
         "reconnect_max_ms": pairs.reconnect_ms.iter().max(),
         "reconnects_measured": pairs.reconnect_ms.len(),
@@ -1122,8 +1123,12 @@ impl RecordMetaOwned {
 
 /// Invariant 1. Polls every live server for every confirmed key until all
 /// hold the expected winner or the deadline; Some(ms) when they converged.
-fn converge(shared: &Shared, deadline: Instant) -> Option<u64> {
+fn converge(shared: &Shared, deadline: Instant) -> Converged {
     let start = Instant::now();
+    let mut out = Converged {
+        ms: None,
+        diverged_at_heal: None,
+    };
     let writes = shared.writes.lock().expect("writes lock").clone();
     let mut expected: BTreeMap<String, WriteRec> = BTreeMap::new();
     for w in writes.iter().filter(|w| w.confirmed) {
@@ -1138,11 +1143,12 @@ fn converge(shared: &Shared, deadline: Instant) -> Option<u64> {
     let keys: Vec<String> = expected.keys().cloned().collect();
     if keys.is_empty() {
         shared.violation("no_writes", "no write was confirmed by any server".into());
-        return None;
+        return out;
     }
     let client_key = Arc::new(NodeKey::generate(KeyScheme::P256));
     let mut conns: Vec<Option<WireClient>> = (0..shared.n).map(|_| None).collect();
     let mut problems: Vec<String>;
+    let mut round = 0u32;
     loop {
         problems = vec![];
         // key -> h held by each server
@@ -1203,6 +1209,7 @@ fn converge(shared: &Shared, deadline: Instant) -> Option<u64> {
                 ));
             }
         }
+        out.diverged_at_heal.get_or_insert(problems.len());
         if problems.is_empty() {
             let ms = start.elapsed().as_millis() as u64;
             eprintln!(
@@ -1210,11 +1217,21 @@ fn converge(shared: &Shared, deadline: Instant) -> Option<u64> {
                 shared.n,
                 keys.len()
             );
-            return Some(ms);
+            out.ms = Some(ms);
+            return out;
         }
         if Instant::now() > deadline {
             break;
         }
+        if round.is_multiple_of(10) {
+            eprintln!(
+                "chaos: {} keys still differ {:.0} s after the heal, e.g. {}",
+                problems.len(),
+                start.elapsed().as_secs_f64(),
+                problems[0]
+            );
+        }
+        round += 1;
         std::thread::sleep(Duration::from_secs(1));
     }
     let total = problems.len();
@@ -1224,7 +1241,15 @@ fn converge(shared: &Shared, deadline: Instant) -> Option<u64> {
     if total > MAX_LISTED / 2 {
         shared.violation("write_lost", format!("... {total} keys in all"));
     }
-    None
+    out
+}
+
+/// What `converge` saw.
+struct Converged {
+    /// Time from the heal until every server agreed; None: never did.
+    ms: Option<u64>,
+    /// Keys on which the servers disagreed at the first look after the heal.
+    diverged_at_heal: Option<usize>,
 }
 
 fn print_summary(s: &Value) {
@@ -1245,6 +1270,7 @@ fn print_summary(s: &Value) {
         "peer_restarts",
         "initial_mesh_ms",
         "converge_ms",
+        "keys_diverged_at_heal",
         "reconnect_bound_ms",
         "reconnect_max_ms",
         "long_lived",
