@@ -13,7 +13,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 struct Inner {
-    db: sled::Db,
     /// Writes begun so far: anything a read can see was begun before it ended.
     started: AtomicU64,
     /// Writes finished so far (never more than `started`).
@@ -27,6 +26,9 @@ struct Inner {
 #[derive(Clone)]
 pub struct Durability {
     inner: Option<Arc<Inner>>,
+    /// The flusher holds the database only weakly, so it closes as soon as
+    /// the node lets go of it (and a restart can reopen it at once).
+    _db: Option<Arc<sled::Db>>,
 }
 
 impl Durability {
@@ -34,23 +36,29 @@ impl Durability {
     pub fn start(db: sled::Db) -> Durability {
         let (flushed, _) = watch::channel(0);
         let inner = Arc::new(Inner {
-            db,
             started: AtomicU64::new(0),
             requested: Mutex::new(0),
             wake: Condvar::new(),
             flushed,
         });
-        let weak = Arc::downgrade(&inner);
+        let db = Arc::new(db);
+        let (state, weak_db) = (inner.clone(), Arc::downgrade(&db));
         std::thread::Builder::new()
             .name("tooldb-flusher".into())
-            .spawn(move || flusher(weak))
+            .spawn(move || flusher(state, weak_db))
             .expect("the flusher thread starts");
-        Durability { inner: Some(inner) }
+        Durability {
+            inner: Some(inner),
+            _db: Some(db),
+        }
     }
 
     /// No durability wait at all (`sync_writes = false`).
     pub fn off() -> Durability {
-        Durability { inner: None }
+        Durability {
+            inner: None,
+            _db: None,
+        }
     }
 
     /// Call before applying a write; the guard reports it finished when
@@ -93,12 +101,12 @@ impl Drop for WriteGuard<'_> {
     }
 }
 
-fn flusher(weak: Weak<Inner>) {
+fn flusher(inner: Arc<Inner>, weak_db: Weak<sled::Db>) {
     let mut done = 0u64;
     loop {
-        let Some(inner) = weak.upgrade() else {
+        if weak_db.strong_count() == 0 {
             return;
-        };
+        }
         let target = {
             let guard = inner.requested.lock().unwrap_or_else(|e| e.into_inner());
             let (guard, _) = inner
@@ -108,7 +116,12 @@ fn flusher(weak: Weak<Inner>) {
             *guard
         };
         if target > done {
-            match inner.db.flush() {
+            let Some(db) = weak_db.upgrade() else {
+                return;
+            };
+            let flushed = db.flush();
+            drop(db);
+            match flushed {
                 Ok(_) => {
                     done = target;
                     inner.flushed.send_replace(done);

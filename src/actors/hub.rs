@@ -924,10 +924,29 @@ impl Handler<ConnectionClosed> for Hub {
             return;
         };
         if self.by_client.get(&conn.client_id) == Some(&msg.conn) {
-            self.by_client.remove(&conn.client_id);
-            self.connected_servers.remove(&conn.client_id);
-            self.gone_since
-                .insert(conn.client_id.clone(), Instant::now());
+            // The peer may still hold another link: the survivor of a
+            // duplicate pair, identified before the one closing now. Point
+            // the index at it, or relays stop while /peers says connected
+            // (found by the chaos harness). A scan, but only on a close.
+            let survivor = self
+                .conns
+                .iter()
+                .find(|(_, c)| c.client_id == conn.client_id)
+                .map(|(id, c)| (*id, c.is_server));
+            match survivor {
+                Some((id, is_server)) => {
+                    self.by_client.insert(conn.client_id.clone(), id);
+                    if is_server {
+                        self.connected_servers.insert(conn.client_id.clone());
+                    }
+                }
+                None => {
+                    self.by_client.remove(&conn.client_id);
+                    self.connected_servers.remove(&conn.client_id);
+                    self.gone_since
+                        .insert(conn.client_id.clone(), Instant::now());
+                }
+            }
         }
         tracing::info!(client = %conn.client_id, server = conn.is_server, outbound = conn.outbound, "connection closed");
         if let (Some(address), Some(r)) = (conn.address, &self.registry) {
@@ -1184,6 +1203,39 @@ mod tests {
         server.wait("pong", |v| v["type"] == "pong").await;
         assert_eq!(server_in_to.count(|v| v["type"] == "put"), 0);
         assert_eq!(writer.count(|v| v["type"] == "put"), 0);
+    }
+
+    /// Regression (chaos harness, seed 3): a server whose duplicate link
+    /// was identified after the surviving one, then closed, dropped out of
+    /// the relay index although its first link stayed up.
+    #[actix::test]
+    async fn closing_a_duplicate_link_keeps_relaying_on_the_survivor() {
+        let s = setup();
+        let k = NodeKey::generate(KeyScheme::P256);
+        let kept = Fake::new();
+        let duplicate = Fake::new();
+        let peer = || Some(Peer::sign(&k, "t", "h", 2, now_ms()));
+        kept.identify(&s.hub, k.client_id(), peer());
+        duplicate.identify(&s.hub, k.client_id(), peer());
+        duplicate.wait("pong", |v| v["type"] == "pong").await;
+        s.hub.do_send(ConnectionClosed {
+            conn: duplicate.conn,
+        });
+        let writer = Fake::new();
+        writer.identify(&s.hub, "writer", None);
+        let rec = sign_record(
+            &NodeKey::generate(KeyScheme::P256),
+            "k",
+            &json!(1),
+            now_ms(),
+        );
+        let mut frame = put_frame("p1", vec![], &rec);
+        frame.conn = writer.conn;
+        s.hub.do_send(frame);
+        let relayed = kept
+            .wait("relay on the survivor", |v| v["type"] == "put")
+            .await;
+        assert_eq!(relayed["data"]["h"], rec.hash.as_str());
     }
 
     #[actix::test]
