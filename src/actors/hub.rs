@@ -521,6 +521,42 @@ impl Hub {
         }
     }
 
+    /// Reads `key` durably (never a record a crash could still lose), then
+    /// answers the request `id` directly with a `kind` frame if it is
+    /// stored (a direct answer is always sent, even if this hash went
+    /// before), or calls `missing` if it is not.
+    fn read_and_answer(
+        &mut self,
+        conn: ConnId,
+        sender: String,
+        req: &KeyRequest,
+        kind: &'static str,
+        missing: impl FnOnce(&mut Hub) + 'static,
+        ctx: &mut Context<Self>,
+    ) {
+        let storage = self.storage.clone();
+        let durability = self.durability.clone();
+        let (key, id) = (req.key.clone(), req.id.clone());
+        ctx.spawn(
+            async move {
+                let read = storage.send(GetRecord { key }).await;
+                durability.synced().await;
+                read
+            }
+            .into_actor(self)
+            .map(move |res, act, _| match res {
+                Ok(Ok(Some(record))) => {
+                    act.mark_sent(&sender, &record.hash);
+                    let text = record_frame(kind, &id, act.own_to(), &record);
+                    act.send_to_conn(conn, text.into());
+                }
+                Ok(Ok(None)) => missing(act),
+                Ok(Err(e)) => tracing::error!(error = %e, "read failed"),
+                Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
+            }),
+        );
+    }
+
     fn on_get(
         &mut self,
         conn: ConnId,
@@ -529,46 +565,26 @@ impl Hub {
         crdt: bool,
         ctx: &mut Context<Self>,
     ) {
-        let storage = self.storage.clone();
-        let durability = self.durability.clone();
-        let key = req.key.clone();
-        ctx.spawn(
-            async move {
-                let read = storage.send(GetRecord { key }).await;
-                // Never show a record before it is on disk.
-                durability.synced().await;
-                read
-            }
-            .into_actor(self)
-            .map(move |res, act, _| match res {
-                Ok(Ok(Some(record))) => {
-                    // A direct answer is always sent, even if this hash went
-                    // before; its type follows the request (see `Pending`).
-                    let kind = if crdt { "crdtPut" } else { "put" };
-                    act.mark_sent(&sender, &record.hash);
-                    let text = record_frame(kind, &req.id, act.own_to(), &record);
-                    act.send_to_conn(conn, text.into());
-                }
-                Ok(Ok(None)) => {
-                    let now = Instant::now();
-                    let deadline =
-                        now + Duration::from_millis(act.settings.limits.pending_request_ms);
-                    let pending = Pending {
-                        requester: sender.clone(),
-                        answer_kind: if crdt { "crdtPut" } else { "put" },
-                    };
-                    act.pending.insert(req.id.clone(), pending, deadline, now);
-                    let msg = if crdt {
-                        WireMessage::CrdtGet(req)
-                    } else {
-                        WireMessage::Get(req)
-                    };
-                    act.relay_to_servers(&msg, &sender, None);
-                }
-                Ok(Err(e)) => tracing::error!(error = %e, "get failed"),
-                Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
-            }),
-        );
+        // A Tool Db client resolves getData only with a put, getCrdt only
+        // with a crdtPut (see `Pending`).
+        let kind = if crdt { "crdtPut" } else { "put" };
+        let (asked, asker) = (req.clone(), sender.clone());
+        let missing = move |act: &mut Hub| {
+            let now = Instant::now();
+            let deadline = now + Duration::from_millis(act.settings.limits.pending_request_ms);
+            let pending = Pending {
+                requester: asker.clone(),
+                answer_kind: kind,
+            };
+            act.pending.insert(req.id.clone(), pending, deadline, now);
+            let msg = if crdt {
+                WireMessage::CrdtGet(req)
+            } else {
+                WireMessage::Get(req)
+            };
+            act.relay_to_servers(&msg, &asker, None);
+        };
+        self.read_and_answer(conn, sender, &asked, kind, missing, ctx);
     }
 
     fn on_subscribe(
@@ -586,30 +602,8 @@ impl Hub {
             .entry(sender.clone())
             .or_default()
             .insert(req.key.clone());
-        let storage = self.storage.clone();
-        let durability = self.durability.clone();
-        let key = req.key.clone();
-        ctx.spawn(
-            async move {
-                let read = storage.send(GetRecord { key }).await;
-                // Never show a record before it is on disk.
-                durability.synced().await;
-                read
-            }
-            .into_actor(self)
-            .map(move |res, act, _| match res {
-                Ok(Ok(Some(record))) => {
-                    // Tool Db answers a subscribe with a `put` whatever the record.
-                    let kind = "put";
-                    act.mark_sent(&sender, &record.hash);
-                    let text = record_frame(kind, &req.id, act.own_to(), &record);
-                    act.send_to_conn(conn, text.into());
-                }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "subscribe read failed"),
-                Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
-            }),
-        );
+        // Tool Db answers a subscribe with a `put` whatever the record.
+        self.read_and_answer(conn, sender, &req, "put", |_| {}, ctx);
     }
 
     fn on_query(&mut self, conn: ConnId, sender: String, req: KeyRequest, ctx: &mut Context<Self>) {
