@@ -181,12 +181,41 @@ fn announce_junk(boot: &str, topic: &str, ports: &[u16]) -> mainline::Dht {
     dht
 }
 
+/// Server-mode DHT nodes joining the private DHT at `boot`: storage nodes.
+/// A storage node returns at most 10 random peers per reply (DHT-NOTES), so
+/// with one storage node a topic holding 32 peers shows each server to a
+/// lookup only a third of the time; a real DHT asks several storage nodes
+/// per lookup and unions their replies, which these nodes model.
+fn storage_nodes(boot: &str, n: usize) -> Vec<mainline::Dht> {
+    let nodes: Vec<mainline::Dht> = (0..n)
+        .map(|_| {
+            mainline::Dht::builder()
+                .server_mode()
+                .bootstrap(&[boot])
+                .bind_address(std::net::Ipv4Addr::LOCALHOST)
+                .port(0)
+                .build()
+                .expect("a DHT storage node")
+        })
+        .collect();
+    let rt = actix_rt::Runtime::new().unwrap();
+    for node in &nodes {
+        let a = node.clone().as_async();
+        assert!(
+            rt.block_on(a.bootstrapped()),
+            "a storage node joined the private DHT"
+        );
+    }
+    nodes
+}
+
 /// Point 4: thirty junk announcements (closed ports and an HTTP-only
 /// listener) do not stop two real servers from meeting, and the dials
 /// spent on junk stay bounded.
 #[test]
 fn junk_announcements_cost_bounded_work() {
     let boot = DhtBoot::start();
+    let _storage = storage_nodes(&boot.addr, 7);
     let mut junk: Vec<u16> = (0..29).map(|_| free_port()).collect();
     junk.push(http_only_listener());
     let _announcer = announce_junk(&boot.addr, "junk", &junk);
