@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 const MEET: Duration = Duration::from_secs(30);
 
 fn dht_node(boot: &DhtBoot, topic: &str) -> NodeProc {
-    NodeProc::start(&["--dht-bootstrap", &boot.addr, "--topic", topic])
+    NodeProc::start_dht(&boot.addr, &["--topic", topic])
 }
 
 fn client_id(n: &NodeProc) -> Value {

@@ -20,7 +20,6 @@ use actix_web_actors::ws;
 use bytes::BytesMut;
 
 use crate::actors::Services;
-use crate::crypto::client_id_of;
 use crate::messages::connection::{CloseConnection, ConnHandle, SendFrame};
 use crate::messages::crypto::VerifyPing;
 use crate::messages::hub::{
@@ -385,12 +384,6 @@ impl Handler<CloseConnection> for ClientSession {
     }
 }
 
-/// Whether a client id was verified against a peer record (anonymous ids
-/// start with `~`).
-pub fn is_verified_id(client_id: &str) -> bool {
-    !client_id.starts_with('~') && client_id_of(client_id) == client_id
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,6 +411,9 @@ mod tests {
 
     #[test]
     fn anonymous_ids_cannot_be_verified_ids() {
-        assert!(!is_verified_id(&anonymous_id()));
+        // `~` is in neither address alphabet, so no verified id can equal it.
+        let id = anonymous_id();
+        assert!(id.starts_with('~'));
+        assert_eq!(crate::crypto::address_kind(&id), None);
     }
 }

@@ -106,36 +106,12 @@ impl NodeProc {
     }
 
     /// Starts a node with DHT discovery on and a fresh data dir: its DHT
-    /// socket on any free UDP port of 127.0.0.1, bootstrapped only from
-    /// `bootstrap` (HOST:PORT of a private DHT, never the public one), plus
-    /// `extra` flags.
+    /// socket on any free UDP port, bootstrapped only from `bootstrap`
+    /// (HOST:PORT of a private DHT, never the public one), plus `extra` flags.
     pub fn start_dht(bootstrap: &str, extra: &[&str]) -> NodeProc {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        let port = free_port();
-        let log = dir.with_extension(format!("{port}.log"));
-        let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
-            .args(["serve", "--host", "127.0.0.1", "--port"])
-            .arg(port.to_string())
-            .args(["--dht-bootstrap", bootstrap, "--dht-port", "0"])
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(extra)
-            .env("RUST_LOG", "info,tooldb_node=debug")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("the tooldb-node binary runs");
-        let node = NodeProc {
-            port,
-            data_dir: dir,
-            child,
-            _tmp: Some(tmp),
-            log,
-        };
-        node.wait_healthy();
-        node
+        let mut args = vec!["--dht-bootstrap", bootstrap];
+        args.extend_from_slice(extra);
+        Self::start(&args)
     }
 
     pub fn wait_healthy(&self) {
