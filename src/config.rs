@@ -45,16 +45,10 @@ pub struct Config {
 pub struct Limits {
     /// Largest websocket frame accepted; bigger ones close the socket.
     pub max_frame_bytes: usize,
-    /// Sustained messages per second one socket may send.
-    pub messages_per_second: u32,
-    /// Burst above the sustained rate before a socket counts as flooding.
-    pub message_burst: u32,
     /// Malformed frames (non-JSON, missing fields) tolerated per socket.
     pub max_bad_frames: u32,
     /// Records failing verification tolerated per socket.
     pub max_invalid_records: u32,
-    /// Frames held per socket while its ping is being verified.
-    pub handshake_queue: usize,
     /// How old (or how far ahead) a ping's peer record may be, in ms.
     pub ping_window_ms: u64,
     /// (type, id) pairs remembered to drop repeats.
@@ -69,6 +63,32 @@ pub struct Limits {
     pub query_max_keys: usize,
     /// A socket silent this long (no frame, no pong) is closed, in seconds.
     pub idle_timeout_secs: u64,
+    /// Work in flight per connection, in bytes (each frame costs its size
+    /// plus a fixed overhead): past it the socket is not read until work
+    /// finishes, so TCP slows the sender. Never a reason to close.
+    pub connection_window_bytes: usize,
+    /// Work in flight over all connections, in bytes, likewise.
+    pub total_window_bytes: usize,
+    /// Output pending to one peer, in bytes, past which it counts as not
+    /// reading and is closed as a slow consumer.
+    pub max_pending_output_bytes: usize,
+    /// Output pending to one peer past which it is congested: its own
+    /// frames are not read meanwhile, and a congested server link pauses
+    /// the intake of client work until it drains to half of this.
+    pub output_high_water_bytes: usize,
+    /// A write that makes no progress for this long (a peer frozen at the
+    /// TCP level) closes the connection, in seconds.
+    pub write_timeout_secs: u64,
+    /// Subscriptions one client may hold; more are refused.
+    pub max_subscriptions_per_client: usize,
+    /// Verified clients gone (within their grace period) whose
+    /// subscriptions are kept; past it the oldest are forgotten.
+    pub max_gone_clients: usize,
+    /// Verified servers remembered; a new one displaces the oldest
+    /// unconnected one.
+    pub max_known_servers: usize,
+    /// Servers a pong lists besides ourselves (connected ones first).
+    pub pong_max_servers: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,11 +148,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_frame_bytes: 1024 * 1024,
-            messages_per_second: 1000,
-            message_burst: 2000,
             max_bad_frames: 16,
             max_invalid_records: 64,
-            handshake_queue: 256,
             ping_window_ms: 10 * 60 * 1000,
             processed_ids: 100_000,
             sent_hashes_per_client: 10_000,
@@ -140,6 +157,28 @@ impl Default for Limits {
             subscription_grace_secs: 3600,
             query_max_keys: 100_000,
             idle_timeout_secs: 90,
+            connection_window_bytes: 2 << 20,
+            total_window_bytes: 64 << 20,
+            max_pending_output_bytes: 8 << 20,
+            output_high_water_bytes: 1 << 20,
+            write_timeout_secs: 30,
+            max_subscriptions_per_client: 10_000,
+            max_gone_clients: 10_000,
+            max_known_servers: 256,
+            pong_max_servers: 32,
+        }
+    }
+}
+
+impl Limits {
+    /// The outbox limits every connection gets.
+    pub fn outbox(&self) -> crate::flow::OutboxLimits {
+        crate::flow::OutboxLimits {
+            high_water: self.output_high_water_bytes,
+            limit: self
+                .max_pending_output_bytes
+                .max(self.output_high_water_bytes),
+            write_timeout: std::time::Duration::from_secs(self.write_timeout_secs.max(1)),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! tooldb-node: a Tool Db-compatible server.
 pub mod actors;
+pub mod backoff;
 pub mod bounded;
 pub mod client;
 pub mod config;
@@ -7,9 +8,12 @@ pub mod crdt;
 pub mod crypto;
 pub mod dht;
 pub mod durability;
+pub mod endpoint;
+pub mod flow;
 pub mod messages;
 pub mod peer;
 pub mod reconcile;
 pub mod record;
 pub mod registry;
 pub mod server;
+pub mod transport;

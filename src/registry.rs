@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::actors::peer_connection::backoff_delay;
+use crate::backoff::backoff_delay;
 use crate::messages::hub::ConnId;
 use crate::peer::Peer;
 
 /// `host:port` as dialed.
-pub type Endpoint = String;
+pub use crate::endpoint::Endpoint;
 
 /// Where an endpoint came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -284,7 +284,7 @@ impl RegistryState {
             return actions;
         }
         // The endpoint its record names is one of its endpoints too.
-        let record_ep = format!("{}:{}", peer.host, peer.port);
+        let record_ep = Endpoint::new(peer.host.clone(), peer.port);
         let link_ep = endpoint.clone();
         for (ep, source) in [
             (link_ep.clone(), Source::Dht),
@@ -488,6 +488,10 @@ fn endpoint_view(ep: &Endpoint, e: &EndpointEntry) -> EndpointView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ep(s: &str) -> Endpoint {
+        Endpoint::parse(s).unwrap()
+    }
     use crate::crypto::{KeyScheme, NodeKey};
 
     fn peer(key: &NodeKey, port: u16) -> Peer {
@@ -497,7 +501,7 @@ mod tests {
     fn state(me: &NodeKey) -> RegistryState {
         RegistryState::new(
             me.address().into(),
-            vec!["127.0.0.1:1".into()],
+            vec![ep("127.0.0.1:1")],
             RegistrySettings::default(),
         )
     }
@@ -515,12 +519,12 @@ mod tests {
         let mut r = state(&me);
         let now = Instant::now();
         assert!(
-            r.found("127.0.0.1:1".into(), Source::Dht, now).is_empty(),
+            r.found(ep("127.0.0.1:1"), Source::Dht, now).is_empty(),
             "our own endpoint"
         );
-        assert_eq!(dials(&r.found("127.0.0.1:2".into(), Source::Dht, now)), 1);
+        assert_eq!(dials(&r.found(ep("127.0.0.1:2"), Source::Dht, now)), 1);
         assert_eq!(
-            dials(&r.found("127.0.0.1:2".into(), Source::Dht, now)),
+            dials(&r.found(ep("127.0.0.1:2"), Source::Dht, now)),
             0,
             "already dialing"
         );
@@ -531,11 +535,11 @@ mod tests {
         let me = NodeKey::generate(KeyScheme::Secp256k1);
         let mut r = state(&me);
         let now = Instant::now();
-        r.found("10.0.0.1:9".into(), Source::Dht, now);
-        let acts = r.connected(1, true, Some("10.0.0.1:9".into()), peer(&me, 9), now);
+        r.found(ep("10.0.0.1:9"), Source::Dht, now);
+        let acts = r.connected(1, true, Some(ep("10.0.0.1:9")), peer(&me, 9), now);
         assert!(acts.iter().any(|a| matches!(a, Action::StopDialing { .. })));
         let later = now + Duration::from_secs(3600);
-        assert!(r.found("10.0.0.1:9".into(), Source::Dht, later).is_empty());
+        assert!(r.found(ep("10.0.0.1:9"), Source::Dht, later).is_empty());
         assert!(r.tick(later).is_empty());
         assert_eq!(r.unidentified()[0].state, EndpointState::Myself);
     }
@@ -546,10 +550,10 @@ mod tests {
         let other = NodeKey::generate(KeyScheme::Secp256k1);
         let mut r = state(&me);
         let now = Instant::now();
-        r.found("127.0.0.1:7".into(), Source::Dht, now);
-        r.found("192.0.2.1:7".into(), Source::Dht, now);
-        r.connected(1, true, Some("127.0.0.1:7".into()), peer(&other, 7), now);
-        let acts = r.connected(2, true, Some("192.0.2.1:7".into()), peer(&other, 7), now);
+        r.found(ep("127.0.0.1:7"), Source::Dht, now);
+        r.found(ep("192.0.2.1:7"), Source::Dht, now);
+        r.connected(1, true, Some(ep("127.0.0.1:7")), peer(&other, 7), now);
+        let acts = r.connected(2, true, Some(ep("192.0.2.1:7")), peer(&other, 7), now);
         assert_eq!(
             acts.iter()
                 .filter(|a| matches!(a, Action::StopDialing { .. }))
@@ -561,7 +565,7 @@ mod tests {
         // While it is connected, lookups that list the alias dial nothing.
         assert_eq!(
             dials(&r.found(
-                "192.0.2.1:7".into(),
+                ep("192.0.2.1:7"),
                 Source::Dht,
                 now + Duration::from_secs(999)
             )),
@@ -581,8 +585,8 @@ mod tests {
         let now = Instant::now();
         // On the smaller node: its outbound stays, the inbound goes.
         let mut rs = state(small);
-        rs.found("127.0.0.1:20".into(), Source::Dht, now);
-        rs.connected(1, true, Some("127.0.0.1:20".into()), peer(large, 20), now);
+        rs.found(ep("127.0.0.1:20"), Source::Dht, now);
+        rs.connected(1, true, Some(ep("127.0.0.1:20")), peer(large, 20), now);
         let acts = rs.connected(2, false, None, peer(large, 20), now);
         assert_eq!(
             acts.iter()
@@ -593,10 +597,10 @@ mod tests {
         // On the larger node, in the other order: its outbound goes.
         let mut rl = state(large);
         rl.connected(3, false, None, peer(small, 10), now);
-        rl.found("127.0.0.1:10".into(), Source::Dht, now);
-        let acts = rl.connected(4, true, Some("127.0.0.1:10".into()), peer(small, 10), now);
+        rl.found(ep("127.0.0.1:10"), Source::Dht, now);
+        let acts = rl.connected(4, true, Some(ep("127.0.0.1:10")), peer(small, 10), now);
         assert!(acts.iter().any(
-            |a| matches!(a, Action::StopDialing { endpoint, .. } if endpoint == "127.0.0.1:10")
+            |a| matches!(a, Action::StopDialing { endpoint, .. } if *endpoint == ep("127.0.0.1:10"))
         ));
         assert!(!acts
             .iter()
@@ -608,7 +612,7 @@ mod tests {
         let me = NodeKey::generate(KeyScheme::Secp256k1);
         let mut r = state(&me);
         let mut now = Instant::now();
-        let ep: Endpoint = "127.0.0.1:99".into();
+        let ep: Endpoint = ep("127.0.0.1:99");
         r.found(ep.clone(), Source::Dht, now);
         let mut delays = vec![];
         for _ in 0..12 {
@@ -639,8 +643,8 @@ mod tests {
         let me = NodeKey::generate(KeyScheme::Secp256k1);
         let mut r = state(&me);
         let now = Instant::now();
-        r.found("h:1".into(), Source::Static, now);
-        r.dial_gave_up(&"h:1".into(), false, now);
+        r.found(ep("h:1"), Source::Static, now);
+        r.dial_gave_up(&ep("h:1"), false, now);
         assert!(r.tick(now + Duration::from_secs(4)).is_empty());
         assert_eq!(dials(&r.tick(now + Duration::from_secs(5))), 1);
     }
@@ -657,7 +661,7 @@ mod tests {
         assert_eq!(
             acts,
             vec![Action::Dial {
-                endpoint: "127.0.0.1:30".into()
+                endpoint: ep("127.0.0.1:30")
             }]
         );
     }
@@ -675,7 +679,7 @@ mod tests {
         );
         let now = Instant::now();
         let n: usize = (0..10)
-            .map(|i| dials(&r.found(format!("127.0.0.1:{i}"), Source::Dht, now)))
+            .map(|i| dials(&r.found(Endpoint::new("127.0.0.1", i), Source::Dht, now)))
             .sum();
         assert_eq!(n, 3);
     }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use actix_web_actors::ws;
 
 use crate::actors::client_session::ClientSession;
 use crate::actors::crypto::Crypto;
@@ -21,6 +20,7 @@ use crate::actors::storage::Storage;
 use crate::actors::Services;
 use crate::config::Config;
 use crate::crypto::NodeKey;
+use crate::endpoint::Endpoint;
 use crate::messages::dht::{GetDhtStatus, JoinTopic, LeaveTopic};
 use crate::messages::hub::{CloseAll, GetPeers, SetPublicHost};
 use crate::messages::registry::GetRegistryView;
@@ -126,18 +126,6 @@ impl Stopper {
     }
 }
 
-/// Splits "HOST:PORT" (also "ws://HOST:PORT").
-pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
-    let s = s
-        .trim()
-        .trim_start_matches("ws://")
-        .trim_start_matches("wss://")
-        .trim_end_matches('/');
-    let (host, port) = s.rsplit_once(':')?;
-    let port = port.parse().ok()?;
-    (!host.is_empty()).then(|| (host.to_owned(), port))
-}
-
 /// The DHT settings a server uses, from its configuration.
 pub fn dht_settings(config: &Config) -> DhtSettings {
     DhtSettings {
@@ -172,7 +160,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
     let crypto_key = key.clone();
     let crypto = SyncArbiter::start(cores, move || Crypto::new(crypto_key.clone()));
     for p in &config.peers {
-        parse_host_port(p).ok_or_else(|| StartError::BadPeer(p.clone()))?;
+        Endpoint::parse(p).map_err(|_| StartError::BadPeer(p.clone()))?;
     }
 
     let port = listener.local_addr().map_err(StartError::Listen)?.port();
@@ -189,10 +177,11 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         reconcile_every_secs: config.peering.reconcile_every_secs,
         reconcile_max_records: config.peering.reconcile_max_records,
     };
-    let self_endpoints: Vec<String> = [host.as_str(), "127.0.0.1", "localhost", "0.0.0.0"]
+    let self_endpoints: Vec<Endpoint> = [host.as_str(), "127.0.0.1", "localhost", "0.0.0.0"]
         .iter()
-        .map(|h| format!("{h}:{port}"))
+        .map(|h| Endpoint::new(*h, port))
         .collect();
+    let budget = crate::flow::Budget::new(config.limits.total_window_bytes);
     // The hub and the registry hold each other's addresses.
     let mut registry_out = None;
     let hub = Hub::create(|hub_ctx| {
@@ -201,6 +190,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
             crypto: crypto.clone(),
             config: config.clone(),
             client_id: key.client_id().into(),
+            budget: budget.clone(),
         };
         let registry = PeerRegistry::new(
             services,
@@ -225,6 +215,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         crypto,
         config: config.clone(),
         client_id: key.client_id().into(),
+        budget,
     };
 
     let dht = if config.no_dht {
@@ -339,9 +330,14 @@ async fn ws_route(
     let remote = req
         .peer_addr()
         .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-    ws::WsResponseBuilder::new(ClientSession::new(services, remote), &req, stream)
-        .frame_size(max_frame)
-        .start()
+    let (response, session, frames) = actix_ws::handle(&req, stream)?;
+    // One limit for a frame and for a message assembled from fragments.
+    let frames = frames
+        .max_frame_size(max_frame)
+        .aggregate_continuations()
+        .max_continuation_size(max_frame);
+    ClientSession::new(services, remote, session, frames).start();
+    Ok(response)
 }
 
 async fn health(state: web::Data<WebState>) -> HttpResponse {
@@ -380,22 +376,5 @@ async fn peers_route(state: web::Data<WebState>) -> HttpResponse {
         (Err(e), _) | (_, Err(e)) => {
             HttpResponse::ServiceUnavailable().json(serde_json::json!({ "error": e.to_string() }))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_port_forms() {
-        assert_eq!(
-            parse_host_port("127.0.0.1:9000"),
-            Some(("127.0.0.1".into(), 9000))
-        );
-        assert_eq!(parse_host_port("ws://a.b:1/"), Some(("a.b".into(), 1)));
-        assert_eq!(parse_host_port("nope"), None);
-        assert_eq!(parse_host_port(":1"), None);
-        assert_eq!(parse_host_port("h:99999"), None);
     }
 }

@@ -145,33 +145,25 @@ fn a_frame_over_the_size_limit_closes_with_the_limit_in_the_reason() {
 }
 
 #[test]
-fn a_flood_from_one_socket_closes_it_and_others_are_served() {
-    let node = NodeProc::start_env(
-        &[],
-        &[
-            ("TOOLDB_LIMITS__MESSAGES_PER_SECOND", "50"),
-            ("TOOLDB_LIMITS__MESSAGE_BURST", "100"),
-        ],
-    );
+fn a_flood_from_one_socket_is_slowed_not_closed_and_others_are_served() {
+    let node = NodeProc::start(&[]);
     let (mut good, _) = RawPeer::client(node.port);
     let (mut flood, _) = RawPeer::client(node.port);
-    let mut closed = None;
-    for i in 0..2000 {
+    // Gets of a missing key: no answers, so only the node's intake limits
+    // this socket (it was closed at 1,000 frames/s).
+    for i in 0..5000 {
         let frame = json!({"type":"get","id":format!("f{i}"),"to":[],"key":"nothing"}).to_string();
-        if flood.ws.send(tungstenite::Message::text(frame)).is_err() {
-            break;
-        }
-        if i % 50 == 0 {
-            if let Err(r) = flood.recv(Duration::from_millis(1)) {
-                closed = Some(r);
-                break;
-            }
+        flood
+            .ws
+            .send(tungstenite::Message::text(frame))
+            .expect("the node keeps reading the flood");
+        if i == 2500 {
+            good.put("calm", json!(1));
         }
     }
-    let reason = closed.unwrap_or_else(|| flood.expect_closed());
-    assert!(reason.contains("rate limit"), "{reason}");
-    good.put("calm", json!(1));
     good.wait_value("calm", &json!(1));
+    // The flooding socket is still served, after everything it sent.
+    flood.wait_value("calm", &json!(1));
 }
 
 #[test]

@@ -61,8 +61,6 @@ pub fn start(sync: bool) -> (Server, u16, tempfile::TempDir) {
         .arg("--data-dir")
         .arg(dir.path())
         .env("TOOLDB_STORAGE__SYNC_WRITES", sync.to_string())
-        .env("TOOLDB_LIMITS__MESSAGES_PER_SECOND", "1000000")
-        .env("TOOLDB_LIMITS__MESSAGE_BURST", "1000000")
         .env("RUST_LOG", "warn")
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -37,7 +37,7 @@ use mainline::async_dht::AsyncDht;
 use mainline::{Dht, Id};
 use rand::Rng;
 
-use crate::actors::peer_connection::backoff_delay;
+use crate::backoff::backoff_delay;
 use crate::dht::{
     announce_decision, new_endpoints, topic_info_hash, AnnounceDecision, DhtError, LookupSchedule,
     Reachability, ANNOUNCE_EVERY, ANNOUNCE_RETRY, ANNOUNCE_TIMEOUT, BOOTSTRAP_TIMEOUT,

@@ -23,4 +23,19 @@ pub struct Services {
     pub config: Arc<Config>,
     /// Our own client id (last 20 chars of the node address).
     pub client_id: Arc<str>,
+    /// The node's total window of work in flight (flow control).
+    pub budget: crate::flow::Budget,
+}
+
+impl Services {
+    /// A new connection's window, drawing on the node's budget.
+    pub fn window(&self) -> crate::flow::Window {
+        self.budget
+            .window(self.config.limits.connection_window_bytes)
+    }
+
+    /// A new connection's outbox.
+    pub fn outbox(&self) -> crate::flow::Outbox {
+        crate::flow::Outbox::new(self.config.limits.outbox())
+    }
 }

@@ -1,56 +1,37 @@
-//! `PeerConnection`: one outbound websocket (awc) to a server we dial, run
-//! under `actix::Supervisor`. The server keeps its `Addr` (so the
-//! supervisor keeps restarting it); the hub holds its `ConnHandle` once the
-//! handshake is done.
+//! `PeerConnection`: one outbound websocket to a server we dial, run under
+//! `actix::Supervisor`. The registry keeps its `Addr` (so the supervisor
+//! keeps restarting it); the hub holds its `ConnHandle` once the handshake
+//! is done.
 //!
-//! On start it waits out its backoff, dials `ws://HOST:PORT` (`wss://HOST`
-//! for port 443, as Tool Db dials), sends our `ping`, and checks the `pong`:
-//! the responder must list a verifiable peer record of its own client id.
-//! Then every frame goes to the hub as `FrameReceived`. Closing or failing
-//! stops the actor; the supervisor's restart is the reconnect, after an
-//! exponential, jittered, capped backoff kept in the actor and reset only
-//! after a verified `pong`. A connection found to be to ourselves gives up.
+//! On start it waits out its backoff, dials (`transport::dial`), sends our
+//! `ping`, and checks the `pong`: the responder must list a verifiable
+//! peer record of its own client id. Then every frame goes to the hub as
+//! `FrameReceived`, with the credit it took (`flow::Gated`): the link is
+//! slowed down when this node is busy, never closed for volume. A writer
+//! task moves the outbox to the socket. Closing or failing stops the
+//! actor; the supervisor's restart is the reconnect, after an exponential,
+//! jittered, capped backoff kept in the actor and reset only after a
+//! verified `pong`. A connection found to be to ourselves gives up.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use actix::io::{SinkWrite, WriteHandler};
 use actix::prelude::*;
-use awc::error::WsProtocolError;
-use awc::ws;
-use futures_util::stream::{SplitSink, StreamExt};
+use actix_http::ws::CloseCode;
 use rand::Rng;
 
 use crate::actors::Services;
-use crate::messages::connection::{CloseConnection, ConnHandle, SendFrame};
+use crate::backoff::backoff_delay;
+use crate::endpoint::Endpoint;
+use crate::flow::{self, Credit, Gated, Outbox, WriterEnd};
+use crate::messages::connection::{CloseConnection, ConnHandle};
 use crate::messages::crypto::VerifyServers;
 use crate::messages::hub::{
     next_conn_id, ConnId, ConnectionClosed, ConnectionIdentified, FrameReceived, GetSelfPeer,
 };
-use crate::messages::registry::DialGaveUp;
+use crate::messages::registry::{DialGaveUp, GaveUpReason};
 use crate::messages::wire::{new_message_id, Extensions, Ping, Pong, WireMessage};
-
-type WsSink = SplitSink<actix_codec::Framed<awc::BoxedSocket, ws::Codec>, ws::Message>;
-
-/// Delay before reconnect attempt number `failures` (1-based): doubling
-/// from `initial`, capped at `max`, then jittered down by up to half so
-/// peers that failed together do not redial together.
-pub fn backoff_delay(failures: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
-    if failures == 0 {
-        return Duration::ZERO;
-    }
-    let exp = initial.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(31)));
-    let capped = exp.min(max);
-    capped.mul_f64(1.0 - 0.5 * jitter.clamp(0.0, 1.0))
-}
-
-/// The websocket URL Tool Db dials for a server at host:port.
-pub fn peer_url(host: &str, port: u16) -> String {
-    if port == 443 {
-        format!("wss://{host}")
-    } else {
-        format!("ws://{host}:{port}")
-    }
-}
+use crate::transport::{self, Incoming, WsItem};
 
 #[derive(Debug, PartialEq, Eq)]
 enum State {
@@ -61,72 +42,82 @@ enum State {
     GaveUp,
 }
 
+/// The writer task ended (the socket is gone or stalled).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WriterEnded(WriterEnd);
+
 pub struct PeerConnection {
-    host: String,
-    port: u16,
+    target: Endpoint,
     services: Services,
     /// Told when this dialer stops trying (the registry decides what next).
     registry: Option<Recipient<DialGaveUp>>,
     conn: ConnId,
-    sink: Option<SinkWrite<ws::Message, WsSink>>,
+    outbox: Outbox,
     state: State,
     failures: u32,
-    /// Frames that came while the pong was being verified.
-    early: Vec<WireMessage>,
+    /// Frames that came while the pong was being verified, each holding
+    /// its credit (so the window bounds them).
+    early: VecDeque<(WireMessage, Credit)>,
 }
 
 impl PeerConnection {
     pub fn new(
-        host: String,
-        port: u16,
+        target: Endpoint,
         services: Services,
         registry: Option<Recipient<DialGaveUp>>,
     ) -> Self {
+        let outbox = Self::new_outbox(&services);
         PeerConnection {
-            host,
-            port,
+            target,
             services,
             registry,
             conn: next_conn_id(),
-            sink: None,
+            outbox,
             state: State::Idle,
             failures: 0,
-            early: Vec::new(),
+            early: VecDeque::new(),
         }
     }
 
-    fn target(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+    fn new_outbox(services: &Services) -> Outbox {
+        let outbox = services.outbox();
+        outbox.never_pause_reads();
+        outbox
     }
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
         self.state = State::Connecting;
-        let p = &self.services.config.peering;
-        let timeout = Duration::from_millis(p.connect_timeout_ms);
-        let url = peer_url(&self.host, self.port);
+        let timeout = Duration::from_millis(self.services.config.peering.connect_timeout_ms);
         let max_frame = self.services.config.limits.max_frame_bytes;
-        let fut = awc::Client::builder()
-            .timeout(timeout)
-            .finish()
-            .ws(url)
-            .max_frame_size(max_frame)
-            .connect();
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok((_resp, framed)) => {
-                let (sink, stream) = framed.split();
-                act.sink = Some(SinkWrite::new(sink, ctx));
-                ctx.add_stream(stream);
-                act.send_ping(ctx);
-            }
-            Err(e) => {
-                tracing::info!(peer = %act.target(), error = %e, failures = act.failures + 1, "dial failed");
-                ctx.stop();
-            }
-        }));
+        let target = self.target.clone();
+        ctx.spawn(
+            async move { transport::dial(&target, timeout, max_frame).await }
+                .into_actor(self)
+                .map(|res, act, ctx| match res {
+                    Ok((sink, stream)) => {
+                        let me = ctx.address();
+                        flow::spawn_writer(act.outbox.clone(), sink, move |end| {
+                            me.do_send(WriterEnded(end))
+                        });
+                        ctx.add_stream(Gated::new(
+                            stream,
+                            act.services.window(),
+                            act.outbox.clone(),
+                            transport::frame_cost,
+                        ));
+                        act.send_ping(ctx);
+                    }
+                    Err(e) => {
+                        tracing::info!(peer = %act.target, error = %e, failures = act.failures + 1, "dial failed");
+                        ctx.stop();
+                    }
+                }),
+        );
         // A dial or handshake that hangs counts as failed.
         ctx.run_later(timeout * 2, |act, ctx| {
             if act.state != State::Identified && act.state != State::GaveUp {
-                tracing::info!(peer = %act.target(), "handshake timed out");
+                tracing::info!(peer = %act.target, "handshake timed out");
                 ctx.stop();
             }
         });
@@ -151,23 +142,17 @@ impl PeerConnection {
                         ext: Some(Extensions::ours()),
                     });
                     act.state = State::AwaitingPong(id);
-                    act.write(ping.to_text());
+                    // The outbox is empty: a ping always fits.
+                    let _ = act.outbox.push(ping.to_text().into());
                 }),
         );
     }
 
-    fn write(&mut self, text: String) {
-        if let Some(sink) = self.sink.as_mut() {
-            let _ = sink.write(ws::Message::Text(text.into()));
-        }
-    }
-
-    fn give_up(&mut self, myself: bool, reason: String) {
+    fn give_up(&mut self, reason: GaveUpReason) {
         self.state = State::GaveUp;
         if let Some(r) = &self.registry {
             r.do_send(DialGaveUp {
-                endpoint: self.target(),
-                myself,
+                endpoint: self.target.clone(),
                 reason,
             });
         }
@@ -175,11 +160,10 @@ impl PeerConnection {
 
     fn on_pong(&mut self, pong: Pong, ctx: &mut Context<Self>) {
         if pong.client_id == *self.services.client_id {
-            tracing::info!(peer = %self.target(), "this endpoint is this node; not dialing it again");
-            self.give_up(true, "the endpoint answered with our own identity".into());
-            if let Some(sink) = self.sink.as_mut() {
-                sink.close();
-            }
+            tracing::info!(peer = %self.target, "this endpoint is this node; not dialing it again");
+            self.give_up(GaveUpReason::Myself);
+            self.outbox
+                .close(CloseCode::Normal, "this is the same node");
             return ctx.stop();
         }
         let crypto = self.services.crypto.clone();
@@ -192,36 +176,37 @@ impl PeerConnection {
                 .map(move |res, act, ctx| {
                     let servers = res.unwrap_or_default();
                     let Some(own) = servers.iter().find(|p| p.client_id() == claimed).cloned() else {
-                        tracing::warn!(peer = %act.target(), client = %claimed, "closing: pong has no verifiable record of its sender");
+                        tracing::warn!(peer = %act.target, client = %claimed, "closing: pong has no verifiable record of its sender");
+                        act.outbox.close(CloseCode::Policy, "pong without a verifiable record of its sender");
                         return ctx.stop();
                     };
                     act.failures = 0;
                     act.state = State::Identified;
-                    tracing::info!(peer = %act.target(), client = %claimed, "connected to server");
+                    tracing::info!(peer = %act.target, client = %claimed, "connected to server");
                     act.services.hub.do_send(ConnectionIdentified {
                         conn: act.conn,
-                        handle: ConnHandle::of(&ctx.address()),
+                        handle: ConnHandle::of(&ctx.address(), act.outbox.clone()),
                         client_id: claimed,
                         is_server: true,
                         peer: Some(own),
                         outbound: true,
-                        dialed: Some(act.target()),
+                        dialed: Some(act.target.clone()),
                         reconcile,
                         ping_id: None,
                         servers,
                     });
-                    for msg in std::mem::take(&mut act.early) {
-                        act.services.hub.do_send(FrameReceived { conn: act.conn, msg });
+                    for (msg, credit) in std::mem::take(&mut act.early) {
+                        act.services.hub.do_send(FrameReceived { conn: act.conn, msg, credit });
                     }
                 }),
         );
     }
 
-    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+    fn on_text(&mut self, text: &str, credit: Credit, ctx: &mut Context<Self>) {
         let msg = match WireMessage::parse(text) {
             Ok(m) => m,
             Err(e) => {
-                tracing::debug!(peer = %self.target(), error = %e, "ignored a frame from a server");
+                tracing::debug!(peer = %self.target, error = %e, "ignored a frame from a server");
                 return;
             }
         };
@@ -230,16 +215,13 @@ impl PeerConnection {
             (State::Identified, msg) => self.services.hub.do_send(FrameReceived {
                 conn: self.conn,
                 msg,
+                credit,
             }),
             // The server may send right after its pong (e.g. a reconcile
             // step) while we still verify that pong: keep it for after.
-            (State::AwaitingPong(_), other)
-                if self.early.len() < self.services.config.limits.handshake_queue =>
-            {
-                self.early.push(other);
-            }
+            (State::AwaitingPong(_), other) => self.early.push_back((other, credit)),
             (_, other) => {
-                tracing::debug!(peer = %self.target(), kind = other.kind(), "ignored a frame before the pong");
+                tracing::debug!(peer = %self.target, kind = other.kind(), "ignored a frame before the pong");
             }
         }
     }
@@ -260,12 +242,16 @@ impl Actor for PeerConnection {
             rand::thread_rng().gen(),
         );
         if !delay.is_zero() {
-            tracing::debug!(peer = %self.target(), delay_ms = delay.as_millis() as u64, "redialing after backoff");
+            tracing::debug!(peer = %self.target, delay_ms = delay.as_millis() as u64, "redialing after backoff");
         }
         ctx.run_later(delay, |act, ctx| act.connect(ctx));
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        // A close frame already queued still goes out; else the writer ends.
+        if self.outbox.close_reason().is_none() {
+            self.outbox.shut();
+        }
         if self.state == State::Identified {
             self.services
                 .hub
@@ -285,39 +271,32 @@ impl Supervised for PeerConnection {
         } else {
             self.failures + 1
         };
-        self.sink = None;
+        self.outbox = Self::new_outbox(&self.services);
         self.early.clear();
         self.conn = next_conn_id();
         self.state = State::Idle;
         let limit = self.services.config.peering.give_up_after;
         if self.registry.is_some() && limit > 0 && self.failures > limit {
-            tracing::info!(peer = %self.target(), failures = limit, "giving this endpoint back to the registry");
-            self.give_up(false, format!("{limit} dials failed"));
+            tracing::info!(peer = %self.target, failures = limit, "giving this endpoint back to the registry");
+            self.give_up(GaveUpReason::DialsFailed(limit));
         }
     }
 }
 
-impl WriteHandler<WsProtocolError> for PeerConnection {}
-
-impl StreamHandler<Result<ws::Frame, WsProtocolError>> for PeerConnection {
-    fn handle(&mut self, item: Result<ws::Frame, WsProtocolError>, ctx: &mut Self::Context) {
-        match item {
-            Ok(ws::Frame::Text(bytes)) => match std::str::from_utf8(&bytes) {
-                Ok(text) => self.on_text(text, ctx),
-                Err(_) => tracing::debug!(peer = %self.target(), "ignored a non-UTF-8 frame"),
-            },
-            Ok(ws::Frame::Ping(b)) => {
-                if let Some(sink) = self.sink.as_mut() {
-                    let _ = sink.write(ws::Message::Pong(b));
-                }
-            }
-            Ok(ws::Frame::Close(reason)) => {
-                tracing::info!(peer = %self.target(), reason = ?reason, "server closed the connection");
+impl StreamHandler<(WsItem, Credit)> for PeerConnection {
+    fn handle(&mut self, (item, credit): (WsItem, Credit), ctx: &mut Self::Context) {
+        match Incoming::from(item) {
+            Incoming::Text(text) => self.on_text(&text, credit, ctx),
+            Incoming::Ping(b) => self.outbox.push_pong(b),
+            Incoming::Close(reason) => {
+                tracing::info!(peer = %self.target, reason = ?reason, "server closed the connection");
                 ctx.stop();
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::info!(peer = %self.target(), error = %e, "connection error");
+            Incoming::Ignored(what) => {
+                tracing::debug!(peer = %self.target, "ignored {what}");
+            }
+            Incoming::Error(e) => {
+                tracing::info!(peer = %self.target, error = %e, "connection error");
                 ctx.stop();
             }
         }
@@ -328,56 +307,28 @@ impl StreamHandler<Result<ws::Frame, WsProtocolError>> for PeerConnection {
     }
 }
 
-impl Handler<SendFrame> for PeerConnection {
+impl Handler<WriterEnded> for PeerConnection {
     type Result = ();
-    fn handle(&mut self, msg: SendFrame, _: &mut Self::Context) {
-        self.write(msg.text.to_string());
+    fn handle(&mut self, msg: WriterEnded, ctx: &mut Self::Context) {
+        if msg.0 == WriterEnd::Stalled {
+            let secs = self.services.config.limits.write_timeout_secs;
+            tracing::warn!(peer = %self.target, secs, "closing: writes made no progress (server frozen)");
+        }
+        ctx.stop();
     }
 }
 
 impl Handler<CloseConnection> for PeerConnection {
     type Result = ();
     fn handle(&mut self, msg: CloseConnection, ctx: &mut Self::Context) {
-        tracing::info!(peer = %self.target(), reason = %msg.reason, "giving up on this peer");
-        if let Some(sink) = self.sink.as_mut() {
-            let _ = sink.write(ws::Message::Close(Some(ws::CloseReason {
-                code: ws::CloseCode::Normal,
-                description: Some(msg.reason),
-            })));
-            sink.close();
+        tracing::info!(peer = %self.target, reason = %msg.reason, "giving up on this peer");
+        self.outbox.close(msg.code, &msg.reason);
+        if self.state == State::Identified {
+            self.services
+                .hub
+                .do_send(ConnectionClosed { conn: self.conn });
         }
-        self.services
-            .hub
-            .do_send(ConnectionClosed { conn: self.conn });
         self.state = State::GaveUp;
         ctx.stop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_caps_and_jitters_down() {
-        let i = Duration::from_millis(500);
-        let m = Duration::from_secs(30);
-        assert_eq!(backoff_delay(0, i, m, 0.0), Duration::ZERO);
-        assert_eq!(backoff_delay(1, i, m, 0.0), i);
-        assert_eq!(backoff_delay(2, i, m, 0.0), i * 2);
-        assert_eq!(backoff_delay(4, i, m, 0.0), i * 8);
-        assert_eq!(backoff_delay(20, i, m, 0.0), m, "capped");
-        assert_eq!(backoff_delay(u32::MAX, i, m, 0.0), m, "no overflow");
-        assert_eq!(
-            backoff_delay(20, i, m, 1.0),
-            m / 2,
-            "jitter takes at most half"
-        );
-    }
-
-    #[test]
-    fn port_443_is_dialed_as_wss() {
-        assert_eq!(peer_url("example.org", 443), "wss://example.org");
-        assert_eq!(peer_url("127.0.0.1", 9000), "ws://127.0.0.1:9000");
     }
 }

@@ -20,13 +20,13 @@ use crate::actors::dht_channel::DhtChannel;
 use crate::actors::peer_connection::PeerConnection;
 use crate::actors::storage::Storage;
 use crate::actors::Services;
+use crate::endpoint::Endpoint;
 use crate::messages::connection::CloseConnection;
 use crate::messages::dht::{EndpointsFound, LookupNow};
 use crate::messages::hub::DropConnection;
 use crate::messages::registry::*;
 use crate::messages::storage::{LoadPeers, SavePeer};
-use crate::registry::{Action, Endpoint, RegistrySettings, RegistryState, Source};
-use crate::server::parse_host_port;
+use crate::registry::{Action, RegistrySettings, RegistryState, Source};
 
 /// How often quarantined endpoints are checked for a redial.
 const TICK_EVERY: Duration = Duration::from_secs(1);
@@ -63,7 +63,7 @@ impl PeerRegistry {
             .config
             .peers
             .iter()
-            .filter_map(|p| parse_host_port(p).map(|(h, port)| format!("{h}:{port}")))
+            .filter_map(|p| Endpoint::parse(p).ok())
             .collect();
         PeerRegistry {
             state: RegistryState::new(self_address, self_endpoints, settings),
@@ -79,26 +79,20 @@ impl PeerRegistry {
         for action in actions {
             match action {
                 Action::Dial { endpoint } => {
-                    let Some((host, port)) = parse_host_port(&endpoint) else {
-                        tracing::warn!(endpoint = %endpoint, "not a HOST:PORT endpoint");
-                        continue;
-                    };
+                    let target = endpoint.clone();
                     tracing::debug!(endpoint = %endpoint, "dialing");
                     let services = self.services.clone();
                     let me = ctx.address().recipient();
-                    let addr = Supervisor::start(move |_| {
-                        PeerConnection::new(host, port, services, Some(me))
-                    });
+                    let addr =
+                        Supervisor::start(move |_| PeerConnection::new(target, services, Some(me)));
                     if let Some(old) = self.dialers.insert(endpoint, addr) {
-                        old.do_send(CloseConnection {
-                            reason: "replaced by a new dialer".into(),
-                        });
+                        old.do_send(CloseConnection::going_away("replaced by a new dialer"));
                     }
                 }
                 Action::StopDialing { endpoint, reason } => {
                     if let Some(addr) = self.dialers.remove(&endpoint) {
                         tracing::info!(endpoint = %endpoint, reason = %reason, "stopped dialing");
-                        addr.do_send(CloseConnection { reason });
+                        addr.do_send(CloseConnection::going_away(reason));
                     }
                 }
                 Action::CloseInbound { conn, reason } => {
@@ -136,7 +130,7 @@ impl Actor for PeerRegistry {
                         let now = Instant::now();
                         for p in peers {
                             let actions = act.state.found(
-                                format!("{}:{}", p.host, p.port),
+                                Endpoint::new(p.host.clone(), p.port),
                                 Source::Book,
                                 now,
                             );
@@ -169,7 +163,11 @@ impl Handler<EndpointsFound> for PeerRegistry {
         }
         let now = Instant::now();
         for ep in msg.endpoints {
-            let actions = self.state.found(ep.to_string(), Source::Dht, now);
+            let actions = self.state.found(
+                Endpoint::new(ep.ip().to_string(), ep.port()),
+                Source::Dht,
+                now,
+            );
             self.apply(actions, ctx);
         }
     }
@@ -183,9 +181,9 @@ impl Handler<ServersListed> for PeerRegistry {
             if self.state.is_connected(&p.address) {
                 continue;
             }
-            let actions = self
-                .state
-                .found(format!("{}:{}", p.host, p.port), Source::Exchange, now);
+            let actions =
+                self.state
+                    .found(Endpoint::new(p.host.clone(), p.port), Source::Exchange, now);
             self.apply(actions, ctx);
         }
     }
@@ -225,11 +223,13 @@ impl Handler<ServerDisconnected> for PeerRegistry {
 impl Handler<DialGaveUp> for PeerRegistry {
     type Result = ();
     fn handle(&mut self, msg: DialGaveUp, ctx: &mut Self::Context) {
-        tracing::debug!(endpoint = %msg.endpoint, reason = %msg.reason, myself = msg.myself, "dialer gave up");
+        tracing::debug!(endpoint = %msg.endpoint, reason = %msg.reason, "dialer gave up");
         self.dialers.remove(&msg.endpoint);
-        let actions = self
-            .state
-            .dial_gave_up(&msg.endpoint, msg.myself, Instant::now());
+        let actions = self.state.dial_gave_up(
+            &msg.endpoint,
+            msg.reason == GaveUpReason::Myself,
+            Instant::now(),
+        );
         self.apply(actions, ctx);
     }
 }

@@ -321,6 +321,24 @@ impl Actor for Storage {
     type Context = SyncContext<Self>;
 }
 
+impl Handler<StoreBatch> for Storage {
+    type Result = MessageResult<StoreBatch>;
+    fn handle(&mut self, msg: StoreBatch, _: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            msg.items
+                .into_iter()
+                .map(|(record, crdt)| {
+                    if crdt {
+                        StoredItem::Crdt(self.merge_crdt(record.clone()), record)
+                    } else {
+                        StoredItem::Plain(self.store(record))
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
 impl Handler<StoreRecord> for Storage {
     type Result = Result<StoreOutcome, StorageError>;
     fn handle(&mut self, msg: StoreRecord, _: &mut Self::Context) -> Self::Result {

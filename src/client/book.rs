@@ -9,36 +9,14 @@
 //! (`backoff_delay`, reset only after a verified pong).
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::actors::peer_connection::backoff_delay;
+use crate::backoff::backoff_delay;
+pub use crate::endpoint::Endpoint;
 use crate::messages::hub::ConnId;
 
 /// Most endpoints remembered; learned ones beyond it are ignored.
 pub const MAX_KNOWN_ENDPOINTS: usize = 256;
-
-/// `HOST:PORT` of a server's websocket.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-}
-
-impl Endpoint {
-    pub fn new(host: impl Into<String>, port: u16) -> Self {
-        Endpoint {
-            host: host.into(),
-            port,
-        }
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.host, self.port)
-    }
-}
 
 /// Where an endpoint was learned; static ones are preferred, then DHT
 /// results, then servers listed by other servers.

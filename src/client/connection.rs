@@ -1,7 +1,8 @@
 //! `ServerConnection`: one outbound websocket (awc) from a client to one
 //! server. Started by `ClientCore`, which holds its `Addr` once identified.
 //!
-//! On start it dials `ws://HOST:PORT` (`wss://HOST` for port 443) and sends
+//! On start it dials (`transport::dial`, shared with the server's
+//! `PeerConnection`; a writer task owns the socket's sink) and sends
 //! a client `ping` (`isServer: false`, a fresh signed peer record, `to:
 //! [own id]`), then waits for the `pong`: the pong must list a verifiable
 //! record whose client id is the pong's `clientId`, the server's identity.
@@ -15,21 +16,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::io::{SinkWrite, WriteHandler};
 use actix::prelude::*;
-use awc::error::WsProtocolError;
-use awc::ws;
-use futures_util::stream::{SplitSink, StreamExt};
+use actix_http::ws::CloseCode;
 
-use crate::actors::peer_connection::peer_url;
 use crate::client::book::Endpoint;
 use crate::client::core::ClientCore;
 use crate::client::messages::{CloseServer, SendText, ServerClosed, ServerFrame, ServerIdentified};
 use crate::crypto::NodeKey;
+use crate::flow::{self, Outbox, OutboxLimits, WriterEnd};
 use crate::messages::hub::ConnId;
 use crate::messages::wire::{new_message_id, Ping, Pong, WireMessage};
 use crate::peer::Peer;
 use crate::record::now_ms;
+use crate::transport::{self, Incoming, WsItem};
 
 /// Largest frame accepted from a server.
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
@@ -39,7 +38,13 @@ pub const MAX_FRAME_BYTES: usize = 4 << 20;
 const CLIENT_PEER_HOST: &str = "127.0.0.1";
 const CLIENT_PEER_PORT: u16 = 8080;
 
-type WsSink = SplitSink<actix_codec::Framed<awc::BoxedSocket, ws::Codec>, ws::Message>;
+/// A write to a server with no progress for this long ends the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The writer task ended (the socket is gone or stalled).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WriterEnded(WriterEnd);
 
 #[derive(Debug, PartialEq, Eq)]
 enum State {
@@ -55,7 +60,9 @@ pub struct ServerConnection {
     key: Arc<NodeKey>,
     topic: String,
     handshake_timeout: Duration,
-    sink: Option<SinkWrite<ws::Message, WsSink>>,
+    /// What this process asks is bounded by what its user asks; the
+    /// outbox only moves it to the socket.
+    outbox: Outbox,
     state: State,
 }
 
@@ -75,15 +82,18 @@ impl ServerConnection {
             key,
             topic,
             handshake_timeout,
-            sink: None,
+            outbox: Outbox::new(OutboxLimits {
+                high_water: usize::MAX,
+                limit: usize::MAX,
+                write_timeout: WRITE_TIMEOUT,
+            }),
             state: State::Connecting,
         }
     }
 
     fn write(&mut self, text: String) {
-        if let Some(sink) = self.sink.as_mut() {
-            let _ = sink.write(ws::Message::Text(text.into()));
-        }
+        // Refused only once closing.
+        let _ = self.outbox.push(text.into());
     }
 
     fn send_ping(&mut self) {
@@ -149,13 +159,7 @@ impl ServerConnection {
     }
 
     fn close(&mut self, reason: &str, ctx: &mut Context<Self>) {
-        if let Some(sink) = self.sink.as_mut() {
-            let _ = sink.write(ws::Message::Close(Some(ws::CloseReason {
-                code: ws::CloseCode::Normal,
-                description: Some(reason.to_owned()),
-            })));
-            sink.close();
-        }
+        self.outbox.close(CloseCode::Normal, reason);
         ctx.stop();
     }
 }
@@ -189,17 +193,15 @@ impl Actor for ServerConnection {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let url = peer_url(&self.endpoint.host, self.endpoint.port);
-        let fut = awc::Client::builder()
-            .timeout(self.handshake_timeout)
-            .finish()
-            .ws(url)
-            .max_frame_size(MAX_FRAME_BYTES)
-            .connect();
+        let endpoint = self.endpoint.clone();
+        let timeout = self.handshake_timeout;
+        let fut = async move { transport::dial(&endpoint, timeout, MAX_FRAME_BYTES).await };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok((_resp, framed)) => {
-                let (sink, stream) = framed.split();
-                act.sink = Some(SinkWrite::new(sink, ctx));
+            Ok((sink, stream)) => {
+                let me = ctx.address();
+                flow::spawn_writer(act.outbox.clone(), sink, move |end| {
+                    me.do_send(WriterEnded(end))
+                });
                 ctx.add_stream(stream);
                 act.send_ping();
             }
@@ -218,6 +220,10 @@ impl Actor for ServerConnection {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        // A close frame already queued still goes out; else the writer ends.
+        if self.outbox.close_reason().is_none() {
+            self.outbox.shut();
+        }
         self.core.do_send(ServerClosed {
             conn: self.conn,
             identified: self.state == State::Identified,
@@ -225,26 +231,17 @@ impl Actor for ServerConnection {
     }
 }
 
-impl WriteHandler<WsProtocolError> for ServerConnection {}
-
-impl StreamHandler<Result<ws::Frame, WsProtocolError>> for ServerConnection {
-    fn handle(&mut self, item: Result<ws::Frame, WsProtocolError>, ctx: &mut Self::Context) {
-        match item {
-            Ok(ws::Frame::Text(bytes)) => match std::str::from_utf8(&bytes) {
-                Ok(text) => self.on_text(text, ctx),
-                Err(_) => tracing::debug!(server = %self.endpoint, "ignored a non-UTF-8 frame"),
-            },
-            Ok(ws::Frame::Ping(b)) => {
-                if let Some(sink) = self.sink.as_mut() {
-                    let _ = sink.write(ws::Message::Pong(b));
-                }
-            }
-            Ok(ws::Frame::Close(reason)) => {
+impl StreamHandler<WsItem> for ServerConnection {
+    fn handle(&mut self, item: WsItem, ctx: &mut Self::Context) {
+        match Incoming::from(item) {
+            Incoming::Text(text) => self.on_text(&text, ctx),
+            Incoming::Ping(b) => self.outbox.push_pong(b),
+            Incoming::Close(reason) => {
                 tracing::info!(server = %self.endpoint, reason = ?reason, "server closed the connection");
                 ctx.stop();
             }
-            Ok(_) => {}
-            Err(e) => {
+            Incoming::Ignored(what) => tracing::debug!(server = %self.endpoint, "ignored {what}"),
+            Incoming::Error(e) => {
                 tracing::info!(server = %self.endpoint, error = %e, "connection error");
                 ctx.stop();
             }
@@ -252,6 +249,16 @@ impl StreamHandler<Result<ws::Frame, WsProtocolError>> for ServerConnection {
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<WriterEnded> for ServerConnection {
+    type Result = ();
+    fn handle(&mut self, msg: WriterEnded, ctx: &mut Self::Context) {
+        if msg.0 == WriterEnd::Stalled {
+            tracing::info!(server = %self.endpoint, "closing: writes made no progress (server frozen)");
+        }
         ctx.stop();
     }
 }

@@ -52,7 +52,6 @@ use crate::crypto::{KeyScheme, NodeKey, NodeKeyError};
 use crate::messages::dht::{EndpointsFound, JoinTopic};
 use crate::peer::Peer;
 use crate::record::{check_key, now_ms, sign_record_with, wins, CrdtKind, Record, RecordError};
-use crate::server::parse_host_port;
 
 use self::book::{Backoff, Endpoint};
 use self::core::{ClientCore, CoreSettings};
@@ -228,8 +227,7 @@ impl ClientBuilder {
     pub fn start(self) -> Result<Client, ClientError> {
         let mut endpoints = Vec::new();
         for p in &self.peers {
-            let (host, port) = parse_host_port(p).ok_or_else(|| ClientError::BadPeer(p.clone()))?;
-            endpoints.push(Endpoint::new(host, port));
+            endpoints.push(Endpoint::parse(p).map_err(|_| ClientError::BadPeer(p.clone()))?);
         }
         let key = match self.identity {
             Identity::Generate => Arc::new(NodeKey::generate(self.scheme)),

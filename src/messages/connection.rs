@@ -1,40 +1,54 @@
-//! Messages to a connection actor (`ClientSession` or `PeerConnection`).
-
-use std::sync::Arc;
+//! Messages to a connection actor (`ClientSession` or `PeerConnection`),
+//! and the handle the hub keeps of each.
 
 use actix::prelude::*;
+use actix_http::ws::CloseCode;
 
-/// Send one text frame. Lost if the connection is already gone, which is
-/// fine: its client will re-ask after reconnecting.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub struct SendFrame {
-    pub text: Arc<str>,
-}
+use crate::flow::Outbox;
 
-/// Close the socket with a close frame carrying `reason`, then stop.
+/// Close the socket with a close frame carrying `code` and `reason`, then
+/// stop.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct CloseConnection {
+    pub code: CloseCode,
     pub reason: String,
 }
 
-/// How the hub reaches one connection, whatever its actor type.
+impl CloseConnection {
+    /// Hostile or unwanted input (1008).
+    pub fn policy(reason: impl Into<String>) -> Self {
+        CloseConnection {
+            code: CloseCode::Policy,
+            reason: reason.into(),
+        }
+    }
+
+    /// The node is stopping (1001).
+    pub fn going_away(reason: impl Into<String>) -> Self {
+        CloseConnection {
+            code: CloseCode::Away,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// How the hub reaches one connection, whatever its actor type: frames go
+/// into its byte-bounded outbox, a close through its actor.
 #[derive(Clone, Debug)]
 pub struct ConnHandle {
-    pub send: Recipient<SendFrame>,
+    pub outbox: Outbox,
     pub close: Recipient<CloseConnection>,
 }
 
 impl ConnHandle {
-    pub fn of<A>(addr: &Addr<A>) -> ConnHandle
+    pub fn of<A>(addr: &Addr<A>, outbox: Outbox) -> ConnHandle
     where
-        A: Actor + Handler<SendFrame> + Handler<CloseConnection>,
-        A::Context:
-            actix::dev::ToEnvelope<A, SendFrame> + actix::dev::ToEnvelope<A, CloseConnection>,
+        A: Actor + Handler<CloseConnection>,
+        A::Context: actix::dev::ToEnvelope<A, CloseConnection>,
     {
         ConnHandle {
-            send: addr.clone().recipient(),
+            outbox,
             close: addr.clone().recipient(),
         }
     }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use actix::prelude::*;
 use serde::Serialize;
 
+use crate::flow::Credit;
 use crate::messages::connection::ConnHandle;
 use crate::messages::wire::WireMessage;
 use crate::peer::Peer;
@@ -32,7 +33,7 @@ pub struct ConnectionIdentified {
     /// We dialed it (a `PeerConnection`).
     pub outbound: bool,
     /// The endpoint we dialed (outbound only).
-    pub dialed: Option<String>,
+    pub dialed: Option<crate::endpoint::Endpoint>,
     /// The remote offered our anti-entropy extension.
     pub reconcile: bool,
     /// The ping to answer with a pong (inbound connections).
@@ -41,12 +42,23 @@ pub struct ConnectionIdentified {
     pub servers: Vec<Peer>,
 }
 
-/// One parsed frame from an identified connection.
+/// One parsed frame from an identified connection, with the credit it
+/// took from the connection's window: the hub keeps it until the frame's
+/// work is done, so a connection with too much in flight is not read.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct FrameReceived {
     pub conn: ConnId,
     pub msg: WireMessage,
+    pub credit: Credit,
+}
+
+/// A congested connection's output fell back under half its high-water
+/// mark (sent by its outbox).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct OutboxDrained {
+    pub conn: ConnId,
 }
 
 #[derive(Message, Debug)]

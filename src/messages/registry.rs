@@ -15,7 +15,7 @@ pub struct ServerConnected {
     pub conn: ConnId,
     pub outbound: bool,
     /// The endpoint we dialed (outbound only).
-    pub endpoint: Option<String>,
+    pub endpoint: Option<crate::endpoint::Endpoint>,
     pub peer: Peer,
 }
 
@@ -38,10 +38,17 @@ pub struct ServersListed {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct DialGaveUp {
-    pub endpoint: String,
-    /// The endpoint answered with our own identity.
-    pub myself: bool,
-    pub reason: String,
+    pub endpoint: crate::endpoint::Endpoint,
+    pub reason: GaveUpReason,
+}
+
+/// Why a dialer stopped trying.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GaveUpReason {
+    #[error("the endpoint answered with our own identity")]
+    Myself,
+    #[error("{0} dials failed")]
+    DialsFailed(u32),
 }
 
 /// Every known server with its state, and endpoints not tied to one.

@@ -95,3 +95,20 @@ pub struct SavePeer {
 #[derive(Message, Debug)]
 #[rtype(result = "Result<Vec<crate::peer::Peer>, StorageError>")]
 pub struct LoadPeers;
+
+/// Store a connection's verified records, in this order (one storage call
+/// for many records; the order is the connection's arrival order).
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<StoredItem>")]
+pub struct StoreBatch {
+    /// Each record, and whether it is a CRDT change set to merge.
+    pub items: Vec<(Record, bool)>,
+}
+
+/// What storing one record of a batch did.
+#[derive(Debug)]
+pub enum StoredItem {
+    Plain(Result<StoreOutcome, StorageError>),
+    /// The outcome, and the incoming change set (relayed as it came).
+    Crdt(Result<CrdtOutcome, StorageError>, Record),
+}

@@ -1,0 +1,127 @@
+//! The hub's index of identified connections: by local id, by client id
+//! (one current connection per client), and the client ids whose current
+//! connection is a verified server (so a put never walks every connection).
+
+use std::collections::{HashMap, HashSet};
+
+use crate::messages::connection::ConnHandle;
+use crate::messages::hub::ConnId;
+
+pub struct Conn {
+    pub handle: ConnHandle,
+    pub client_id: String,
+    /// The verified server address, for server connections.
+    pub address: Option<String>,
+    /// A server of ours: speaks the `reconcile` extension.
+    pub reconcile: bool,
+    pub is_server: bool,
+    pub outbound: bool,
+    /// Served under an id of ours: its state ends with its socket.
+    pub anonymous: bool,
+    pub invalid_records: u32,
+}
+
+/// What closing a connection left of its client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Left {
+    /// Another link of the same client is current now.
+    Survivor(ConnId),
+    /// The client has no connection any more.
+    Gone,
+    /// A newer connection of the client was already current.
+    Superseded,
+}
+
+#[derive(Default)]
+pub struct Connections {
+    conns: HashMap<ConnId, Conn>,
+    by_client: HashMap<String, ConnId>,
+    servers: HashSet<String>,
+}
+
+impl Connections {
+    /// Makes `conn` its client's current connection.
+    pub fn insert(&mut self, id: ConnId, conn: Conn) {
+        self.by_client.insert(conn.client_id.clone(), id);
+        if conn.is_server {
+            self.servers.insert(conn.client_id.clone());
+        } else {
+            self.servers.remove(&conn.client_id);
+        }
+        self.conns.insert(id, conn);
+    }
+
+    /// Removes `id`. If it was its client's current connection, the
+    /// client's other link (the survivor of a duplicate pair) becomes
+    /// current, or else the client is gone. (Found by the chaos harness:
+    /// forgetting the server while a survivor was up stopped relays while
+    /// /peers said connected.) A scan, but only on a close.
+    pub fn remove(&mut self, id: ConnId) -> Option<(Conn, Left)> {
+        let conn = self.conns.remove(&id)?;
+        if self.by_client.get(&conn.client_id) != Some(&id) {
+            return Some((conn, Left::Superseded));
+        }
+        let survivor = self
+            .conns
+            .iter()
+            .find(|(_, c)| c.client_id == conn.client_id)
+            .map(|(id, c)| (*id, c.is_server));
+        let left = match survivor {
+            Some((other, is_server)) => {
+                self.by_client.insert(conn.client_id.clone(), other);
+                if is_server {
+                    self.servers.insert(conn.client_id.clone());
+                }
+                Left::Survivor(other)
+            }
+            None => {
+                self.by_client.remove(&conn.client_id);
+                self.servers.remove(&conn.client_id);
+                Left::Gone
+            }
+        };
+        Some((conn, left))
+    }
+
+    pub fn get(&self, id: ConnId) -> Option<&Conn> {
+        self.conns.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(&id)
+    }
+
+    /// The current connection of `client`.
+    pub fn of_client(&self, client: &str) -> Option<ConnId> {
+        self.by_client.get(client).copied()
+    }
+
+    pub fn is_connected(&self, client: &str) -> bool {
+        self.by_client.contains_key(client)
+    }
+
+    /// Client ids of connected, verified servers (one per server).
+    pub fn server_clients(&self) -> Vec<String> {
+        self.servers.iter().cloned().collect()
+    }
+
+    pub fn is_server_client(&self, client: &str) -> bool {
+        self.servers.contains(client)
+    }
+
+    pub fn server_set(&self) -> &HashSet<String> {
+        &self.servers
+    }
+
+    pub fn client_ids(&self) -> impl Iterator<Item = &String> {
+        self.by_client.keys()
+    }
+
+    pub fn ids(&self) -> Vec<ConnId> {
+        self.conns.keys().copied().collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&ConnId, &Conn)> {
+        self.conns.iter()
+    }
+}

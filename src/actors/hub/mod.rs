@@ -1,0 +1,1030 @@
+//! `Hub`: the protocol. One per node, on the system arbiter; the server
+//! creates it and every connection holds its address.
+//!
+//! Receives `ConnectionIdentified`, `FrameReceived` (each frame with the
+//! credit it took from its connection's window), `ConnectionClosed`,
+//! `OutboxDrained`, `GetSelfPeer`, `GetPeers` and the rest in
+//! `messages::hub`. Sends frames into each connection's byte-bounded
+//! outbox; verification goes to `Crypto` and storage to `Storage` as
+//! futures, so no handler waits on slow work. Its concerns, one file each:
+//! - `connections`: the index of identified connections;
+//! - `subscriptions`: who follows which key, bounded per client;
+//! - `relay`: the sent-hash memory and `to` lists;
+//! - `pending`: relayed requests waiting to pass an answer back;
+//! - `servers`: the verified servers known, bounded, and what a pong lists;
+//! - `pipeline`: each connection's puts, verified in parallel but stored,
+//!   pushed and relayed in arrival order (pure decisions, tested alone);
+//! - `anti_entropy`: reconciliation with servers of ours.
+//!
+//! Flow control: a frame's credit is given back when its work is done; a
+//! client's credit is held back while a server link's output is congested,
+//! so a burst slows its sender instead of filling memory or closing links.
+//! A client whose pending output passes its limit is closed as a slow
+//! consumer.
+
+mod anti_entropy;
+mod connections;
+mod pending;
+pub mod pipeline;
+mod relay;
+mod servers;
+mod subscriptions;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_http::ws::CloseCode;
+use bytestring::ByteString;
+use serde_json::{json, Value};
+
+use crate::actors::crypto::Crypto;
+use crate::actors::storage::Storage;
+use crate::bounded::BoundedSet;
+use crate::config::Limits;
+use crate::durability::Durability;
+use crate::flow::{Credit, OutboxError};
+use crate::messages::connection::CloseConnection;
+use crate::messages::crypto::{SignPeer, VerifyRecord, VerifyServers};
+use crate::messages::hub::*;
+use crate::messages::registry::{ServerConnected, ServerDisconnected, ServersListed};
+use crate::messages::storage::*;
+use crate::messages::wire::*;
+use crate::peer::Peer;
+use crate::record::{Record, RecordError};
+
+use connections::{Conn, Connections, Left};
+use pending::{Pending, PendingRequests};
+use pipeline::{Batched, Fanout, Pipeline, Step};
+use relay::{digest, relay_to, SentMemory};
+use servers::KnownServers;
+use subscriptions::Subscriptions;
+
+/// How often expired requests and long-gone clients are cleaned up.
+const CLEANUP_EVERY: Duration = Duration::from_secs(30);
+
+/// What the hub needs to know about its own node.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub topic: String,
+    pub address: String,
+    pub client_id: String,
+    pub host: String,
+    pub port: u16,
+    pub pow: u32,
+    pub limits: Limits,
+    pub reconcile_every_secs: u64,
+    pub reconcile_max_records: usize,
+}
+
+/// Where the hub reports server connections (the `PeerRegistry`).
+#[derive(Clone)]
+pub struct RegistryLink {
+    pub connected: Recipient<ServerConnected>,
+    pub disconnected: Recipient<ServerDisconnected>,
+    pub listed: Recipient<ServersListed>,
+}
+
+/// A server function: gets the hub's view and the call's `args`.
+pub type ServerFunction = fn(&Hub, &Value) -> Result<Value, String>;
+
+/// What the hub keeps with each job of a connection's pipeline.
+#[derive(Debug)]
+struct Job {
+    sender: String,
+    /// Frames from server links are never held back (two congested servers
+    /// holding each other's credit would stop both).
+    from_server: bool,
+    credit: Credit,
+    work: Work,
+}
+
+#[derive(Debug)]
+enum Work {
+    Put { id: String, to: Vec<String> },
+    Get { req: KeyRequest, crdt: bool },
+    Subscribe(KeyRequest),
+    Query(KeyRequest),
+}
+
+pub struct Hub {
+    settings: HubSettings,
+    storage: Addr<Storage>,
+    crypto: Addr<Crypto>,
+    self_peer: Peer,
+    conns: Connections,
+    subs: Subscriptions,
+    /// Digests of (type, id) pairs processed: bounded in bytes whatever
+    /// the ids look like.
+    processed: BoundedSet<u64>,
+    sent: SentMemory,
+    pending: PendingRequests,
+    servers: KnownServers,
+    /// Each connection's puts in flight; kept past its close until done,
+    /// so a verified write is stored even if its sender left.
+    pipelines: HashMap<ConnId, Pipeline<Job>>,
+    /// Server links whose output is above its high-water mark.
+    congested: HashSet<ConnId>,
+    /// Client credit held back while a server link is congested.
+    deferred: Vec<Credit>,
+    /// Records a reconciliation still owes a server link.
+    backlog: HashMap<ConnId, VecDeque<Record>>,
+    registry: Option<RegistryLink>,
+    /// Awaited before a write or a read is exposed (group commit).
+    durability: Durability,
+    functions: HashMap<&'static str, ServerFunction>,
+    me: Option<Addr<Hub>>,
+}
+
+impl Hub {
+    pub fn new(
+        settings: HubSettings,
+        storage: Addr<Storage>,
+        crypto: Addr<Crypto>,
+        self_peer: Peer,
+    ) -> Self {
+        let l = &settings.limits;
+        let processed = BoundedSet::new(l.processed_ids);
+        let sent = SentMemory::new(l.sent_hashes_per_client);
+        let pending = PendingRequests::new(Duration::from_millis(l.pending_request_ms));
+        let subs = Subscriptions::new(l.max_subscriptions_per_client, l.max_gone_clients);
+        let servers = KnownServers::new(l.max_known_servers, l.pong_max_servers);
+        let mut functions: HashMap<&'static str, ServerFunction> = HashMap::new();
+        functions.insert("peers", fn_peers);
+        Hub {
+            settings,
+            storage,
+            crypto,
+            self_peer,
+            conns: Connections::default(),
+            subs,
+            processed,
+            sent,
+            pending,
+            servers,
+            pipelines: HashMap::new(),
+            congested: HashSet::new(),
+            deferred: Vec::new(),
+            backlog: HashMap::new(),
+            registry: None,
+            durability: Durability::off(),
+            functions,
+            me: None,
+        }
+    }
+
+    /// Waits for `durability` before exposing writes and reads.
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Reports server connections to the registry from now on.
+    pub fn with_registry(mut self, registry: RegistryLink) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    fn resign(&mut self, ctx: &mut Context<Self>) {
+        let req = SignPeer {
+            topic: self.settings.topic.clone(),
+            host: self.settings.host.clone(),
+            port: self.settings.port,
+        };
+        let crypto = self.crypto.clone();
+        ctx.spawn(
+            async move { crypto.send(req).await }
+                .into_actor(self)
+                .map(|res, act, _| {
+                    if let Ok(peer) = res {
+                        act.self_peer = peer;
+                    }
+                }),
+        );
+    }
+
+    /// Queues a frame for `conn`. A client past its output limit is closed
+    /// as a slow consumer; a server link past its high-water mark is
+    /// marked congested (client intake pauses until it drains).
+    fn send_to_conn(&mut self, conn: ConnId, text: ByteString) {
+        let Some(c) = self.conns.get(conn) else {
+            return;
+        };
+        match c.handle.outbox.push(text) {
+            Ok(()) => {
+                if c.is_server && c.handle.outbox.is_congested() {
+                    self.watch_drain(conn);
+                }
+            }
+            Err(OutboxError::Closed) => {}
+            Err(e @ OutboxError::Full { .. }) => {
+                tracing::warn!(client = %c.client_id, server = c.is_server, error = %e, "closing: slow consumer");
+                let reason = e.to_string();
+                c.handle.outbox.close(CloseCode::Policy, &reason);
+                c.handle.close.do_send(CloseConnection::policy(reason));
+            }
+        }
+    }
+
+    /// Marks a server link congested and asks to hear when it drains.
+    fn watch_drain(&mut self, conn: ConnId) {
+        let (Some(c), Some(me)) = (self.conns.get(conn), self.me.clone()) else {
+            return;
+        };
+        if c.is_server && self.congested.insert(conn) {
+            tracing::debug!(client = %c.client_id, "server link congested: pausing client intake");
+        }
+        c.handle
+            .outbox
+            .on_drained(Box::new(move || me.do_send(OutboxDrained { conn })));
+    }
+
+    fn send_to_client(&mut self, client: &str, text: ByteString) -> bool {
+        match self.conns.of_client(client) {
+            Some(conn) => {
+                self.send_to_conn(conn, text);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Gives a finished job's credit back, or holds it while a server
+    /// link is congested (so the client sending the work waits).
+    fn release(&mut self, credit: Credit, from_server: bool) {
+        if from_server || self.congested.is_empty() {
+            drop(credit);
+        } else {
+            self.deferred.push(credit);
+        }
+    }
+
+    fn own_to(&self) -> Vec<String> {
+        vec![self.settings.client_id.clone()]
+    }
+
+    fn relay_to_servers(&mut self, msg: &WireMessage, sender: &str, dedupe_hash: Option<&str>) {
+        let mut relayed = msg.clone();
+        relayed.set_to(relay_to(msg.to_list(), sender, &self.settings.client_id));
+        let text: ByteString = relayed.to_text().into();
+        for server in self.conns.server_clients() {
+            if server == sender || msg.to_list().contains(&server) {
+                continue;
+            }
+            if let Some(h) = dedupe_hash {
+                if !self.sent.mark(&server, h) {
+                    continue;
+                }
+            }
+            self.send_to_client(&server, text.clone());
+        }
+    }
+
+    /// Pushes a winning record to every subscriber of its key, each push
+    /// with a fresh id (a Tool Db client drops repeats of one (type, id)).
+    fn push_to_subscribers(&mut self, record: &Record, kind: &str, skip: &[String], dedupe: &str) {
+        for client in self.subs.subscribers(&record.key) {
+            if skip.contains(&client) || !self.conns.is_connected(&client) {
+                continue;
+            }
+            if !self.sent.mark(&client, dedupe) {
+                continue;
+            }
+            let text = record_frame(kind, &new_message_id(), self.own_to(), record);
+            self.send_to_client(&client, text.into());
+        }
+    }
+
+    fn answer_pending(&mut self, id: &str, record: &Record) {
+        let Some(Pending {
+            requester,
+            answer_kind,
+        }) = self.pending.take(id, Instant::now())
+        else {
+            return;
+        };
+        let text = record_frame(answer_kind, id, self.own_to(), record);
+        self.sent.mark(&requester, &record.hash);
+        if !self.send_to_client(&requester, text.into()) {
+            tracing::debug!(client = %requester, key = %record.key, "asker left before its answer came");
+        }
+    }
+
+    fn record_invalid(&mut self, conn: ConnId, err: &RecordError) {
+        let max = self.settings.limits.max_invalid_records;
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        c.invalid_records += 1;
+        if c.invalid_records == 1 {
+            tracing::info!(client = %c.client_id, error = %err, "refused a record");
+        } else {
+            tracing::debug!(client = %c.client_id, error = %err, "refused a record");
+        }
+        if c.invalid_records == max + 1 {
+            tracing::warn!(client = %c.client_id, count = c.invalid_records, "closing: too many invalid records");
+            c.handle.close.do_send(CloseConnection::policy(format!(
+                "more than {max} records failed verification"
+            )));
+        }
+    }
+
+    fn send_pong(&mut self, conn: ConnId, ping_id: &str) {
+        let pong = self.pong_frame(ping_id);
+        self.send_to_conn(conn, pong.into());
+    }
+
+    fn pong_frame(&self, ping_id: &str) -> String {
+        let mut servers = vec![serde_json::to_value(&self.self_peer).expect("peer serialises")];
+        servers.extend(
+            self.servers
+                .pong_list(self.conns.server_set())
+                .into_iter()
+                .map(|p| serde_json::to_value(p).expect("peer serialises")),
+        );
+        let pong = WireMessage::Pong(Pong {
+            id: ping_id.to_owned(),
+            to: self.own_to(),
+            client_id: self.settings.client_id.clone(),
+            is_server: true,
+            servers,
+            ext: Some(Extensions::ours()),
+        });
+        pong.to_text()
+    }
+
+    fn learn_server(&mut self, peer: Peer) {
+        if peer.address == self.settings.address || peer.topic != self.settings.topic {
+            return;
+        }
+        let (address, host, port) = (peer.address.clone(), peer.host.clone(), peer.port);
+        if self.servers.learn(peer, self.conns.server_set()) == servers::Learned::New {
+            tracing::info!(address = %address, host = %host, port, "learned of a server");
+        }
+    }
+
+    fn report_listed(&self, peers: Vec<Peer>) {
+        let peers: Vec<Peer> = peers
+            .into_iter()
+            .filter(|p| p.address != self.settings.address)
+            .collect();
+        if let (Some(r), false) = (&self.registry, peers.is_empty()) {
+            r.listed.do_send(ServersListed { peers });
+        }
+    }
+
+    pub fn snapshot(&self) -> PeersSnapshot {
+        let mut servers: Vec<ServerEntry> = self
+            .servers
+            .iter()
+            .map(|peer| {
+                let cid = peer.client_id().to_owned();
+                let state = if self.conns.is_server_client(&cid) {
+                    "connected"
+                } else {
+                    "discovered"
+                };
+                ServerEntry {
+                    peer: peer.clone(),
+                    client_id: cid,
+                    state,
+                }
+            })
+            .collect();
+        servers.sort_by(|a, b| a.peer.address.cmp(&b.peer.address));
+        let mut connected: Vec<String> = self.conns.client_ids().cloned().collect();
+        connected.sort();
+        PeersSnapshot {
+            self_peer: self.self_peer.clone(),
+            servers,
+            connected,
+        }
+    }
+
+    fn cleanup(&mut self) {
+        let now = Instant::now();
+        self.pending.prune(now);
+        let grace = Duration::from_secs(self.settings.limits.subscription_grace_secs);
+        for client in self.subs.forget_expired(now, grace) {
+            self.sent.forget(&client);
+            tracing::debug!(client = %client, "forgot a client gone past the grace period");
+        }
+    }
+
+    // ---- the put pipeline ----
+
+    /// A frame that does work for its connection: into its pipeline.
+    fn enqueue(
+        &mut self,
+        conn: ConnId,
+        job: Job,
+        put: Option<(Record, bool)>,
+        ctx: &mut Context<Self>,
+    ) {
+        let p = self.pipelines.entry(conn).or_default();
+        let steps = match put {
+            Some((record, crdt)) => p.put(record, crdt, job),
+            None => p.after(job),
+        };
+        self.run_steps(conn, steps, ctx);
+    }
+
+    fn run_steps(&mut self, conn: ConnId, steps: Vec<Step<Job>>, ctx: &mut Context<Self>) {
+        for step in steps {
+            match step {
+                Step::Verify { seq, record } => self.verify(conn, seq, record, ctx),
+                Step::Store(batch) => self.store(conn, batch, ctx),
+                Step::Refuse { job, error } => {
+                    self.record_invalid(conn, &error);
+                    self.release(job.credit, job.from_server);
+                }
+                Step::Run(job) => self.run_request(conn, job, ctx),
+            }
+        }
+        if self.pipelines.get(&conn).is_some_and(Pipeline::is_idle)
+            && self.conns.get(conn).is_none()
+        {
+            self.pipelines.remove(&conn);
+        }
+    }
+
+    fn verify(
+        &mut self,
+        conn: ConnId,
+        seq: pipeline::Seq,
+        record: Record,
+        ctx: &mut Context<Self>,
+    ) {
+        let crypto = self.crypto.clone();
+        let pow = self.settings.pow;
+        ctx.spawn(
+            async move { crypto.send(VerifyRecord { record, pow }).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    let verdict = res.unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "crypto pool unreachable");
+                        Err(RecordError::InvalidData(
+                            "the node could not verify it".into(),
+                        ))
+                    });
+                    let steps = match act.pipelines.get_mut(&conn) {
+                        Some(p) => p.verified(seq, verdict),
+                        None => return,
+                    };
+                    act.run_steps(conn, steps, ctx);
+                }),
+        );
+    }
+
+    fn store(&mut self, conn: ConnId, batch: Vec<Batched<Job>>, ctx: &mut Context<Self>) {
+        let storage = self.storage.clone();
+        let durability = self.durability.clone();
+        let mut items = Vec::with_capacity(batch.len());
+        let mut jobs = Vec::with_capacity(batch.len());
+        for b in batch {
+            items.push((b.record, b.crdt));
+            jobs.push(b.job);
+        }
+        ctx.spawn(
+            async move {
+                let outcomes = storage.send(StoreBatch { items }).await;
+                // Group commit: the writes (or the stored winners they lost
+                // to) are exposed only once a flush covers them.
+                durability.synced().await;
+                outcomes
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                match res {
+                    Ok(outcomes) => {
+                        for (outcome, job) in outcomes.into_iter().zip(jobs) {
+                            act.apply(outcome, job);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, records = jobs.len(), "storage pool unreachable: records not stored");
+                        for job in jobs {
+                            act.release(job.credit, job.from_server);
+                        }
+                    }
+                }
+                let steps = match act.pipelines.get_mut(&conn) {
+                    Some(p) => p.stored(),
+                    None => return,
+                };
+                act.run_steps(conn, steps, ctx);
+            }),
+        );
+    }
+
+    /// Carries out what storing one record means, in arrival order.
+    fn apply(&mut self, outcome: StoredItem, job: Job) {
+        let Work::Put { id, to } = &job.work else {
+            return self.release(job.credit, job.from_server);
+        };
+        let sender = &job.sender;
+        for effect in pipeline::fanout(outcome) {
+            match effect {
+                Fanout::Push {
+                    record,
+                    kind,
+                    dedupe,
+                } => {
+                    let skip = relay_to(to, sender, &self.settings.client_id);
+                    self.push_to_subscribers(&record, kind, &skip, &dedupe);
+                }
+                Fanout::Answer { record } => self.answer_pending(id, &record),
+                Fanout::Relay {
+                    record,
+                    kind,
+                    dedupe,
+                } => {
+                    let data = PutData {
+                        id: id.clone(),
+                        to: to.clone(),
+                        data: record,
+                    };
+                    let msg = if kind == "crdtPut" {
+                        WireMessage::CrdtPut(data)
+                    } else {
+                        WireMessage::Put(data)
+                    };
+                    self.relay_to_servers(&msg, sender, Some(&dedupe));
+                }
+                Fanout::Refused(e) => {
+                    tracing::debug!(client = %sender, error = %e, "refused a write to a frozen key")
+                }
+                Fanout::Failed(e) => {
+                    tracing::error!(error = %e, "could not store a verified record")
+                }
+            }
+        }
+        self.release(job.credit, job.from_server);
+    }
+
+    // ---- requests that read ----
+
+    fn run_request(&mut self, conn: ConnId, job: Job, ctx: &mut Context<Self>) {
+        let Job {
+            sender,
+            from_server,
+            credit,
+            work,
+        } = job;
+        match work {
+            Work::Put { .. } => self.release(credit, from_server),
+            Work::Get { req, crdt } => self.on_get(conn, sender, req, crdt, credit, ctx),
+            Work::Subscribe(req) => {
+                if let Err(e) = self.subs.subscribe(&sender, &req.key) {
+                    tracing::info!(error = %e, key_bytes = req.key.len(), "refused a subscription");
+                }
+                // Tool Db answers a subscribe with a `put` whatever the record.
+                self.read_and_answer(conn, sender, &req, "put", |_| {}, credit, ctx);
+            }
+            Work::Query(req) => self.on_query(conn, sender, req, credit, ctx),
+        }
+    }
+
+    /// Reads `key` durably (never a record a crash could still lose), then
+    /// answers the request `id` directly with a `kind` frame if it is
+    /// stored (a direct answer is always sent, even if this hash went
+    /// before), or calls `missing` if it is not. The credit is held until
+    /// then.
+    #[allow(clippy::too_many_arguments)]
+    fn read_and_answer(
+        &mut self,
+        conn: ConnId,
+        sender: String,
+        req: &KeyRequest,
+        kind: &'static str,
+        missing: impl FnOnce(&mut Hub) + 'static,
+        credit: Credit,
+        ctx: &mut Context<Self>,
+    ) {
+        let storage = self.storage.clone();
+        let durability = self.durability.clone();
+        let (key, id) = (req.key.clone(), req.id.clone());
+        ctx.spawn(
+            async move {
+                let read = storage.send(GetRecord { key }).await;
+                durability.synced().await;
+                read
+            }
+            .into_actor(self)
+            .map(move |res, act, _| {
+                match res {
+                    Ok(Ok(Some(record))) => {
+                        act.sent.mark(&sender, &record.hash);
+                        let text = record_frame(kind, &id, act.own_to(), &record);
+                        act.send_to_conn(conn, text.into());
+                    }
+                    Ok(Ok(None)) => missing(act),
+                    Ok(Err(e)) => tracing::error!(error = %e, "read failed"),
+                    Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
+                }
+                drop(credit);
+            }),
+        );
+    }
+
+    fn on_get(
+        &mut self,
+        conn: ConnId,
+        sender: String,
+        req: KeyRequest,
+        crdt: bool,
+        credit: Credit,
+        ctx: &mut Context<Self>,
+    ) {
+        // A Tool Db client resolves getData only with a put, getCrdt only
+        // with a crdtPut (see `Pending`).
+        let kind = if crdt { "crdtPut" } else { "put" };
+        let (asked, asker) = (req.clone(), sender.clone());
+        let missing = move |act: &mut Hub| {
+            let pending = Pending {
+                requester: asker.clone(),
+                answer_kind: kind,
+            };
+            act.pending.insert(&req.id, pending, Instant::now());
+            let msg = if crdt {
+                WireMessage::CrdtGet(req)
+            } else {
+                WireMessage::Get(req)
+            };
+            act.relay_to_servers(&msg, &asker, None);
+        };
+        self.read_and_answer(conn, sender, &asked, kind, missing, credit, ctx);
+    }
+
+    fn on_query(
+        &mut self,
+        conn: ConnId,
+        sender: String,
+        req: KeyRequest,
+        credit: Credit,
+        ctx: &mut Context<Self>,
+    ) {
+        let storage = self.storage.clone();
+        let prefix = req.key.clone();
+        let limit = self.settings.limits.query_max_keys;
+        let relay = WireMessage::Query(req.clone());
+        self.relay_to_servers(&relay, &sender, None);
+        ctx.spawn(
+            async move { storage.send(QueryKeys { prefix, limit }).await }
+                .into_actor(self)
+                .map(move |res, act, _| {
+                    match res {
+                        Ok(Ok(keys)) => {
+                            let ack = WireMessage::QueryAck(QueryAck {
+                                id: req.id,
+                                to: act.own_to(),
+                                keys,
+                            });
+                            act.send_to_conn(conn, ack.to_text().into());
+                        }
+                        Ok(Err(e)) => tracing::error!(error = %e, "query failed"),
+                        Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
+                    }
+                    drop(credit);
+                }),
+        );
+    }
+
+    fn on_function(&mut self, conn: ConnId, call: FunctionCall) {
+        let (code, value) = match self.functions.get(call.function.as_str()) {
+            Some(f) => match f(self, &call.args) {
+                Ok(v) => ("OK", v),
+                Err(e) => ("ERR", Value::String(e)),
+            },
+            None => (
+                "NOT_FOUND",
+                Value::String(format!("no server function {:?}", call.function)),
+            ),
+        };
+        let reply = WireMessage::FunctionReturn(FunctionReturn {
+            id: call.id,
+            to: self.own_to(),
+            code: code.into(),
+            value,
+        });
+        self.send_to_conn(conn, reply.to_text().into());
+    }
+
+    /// Verifies the servers a pong lists; the pong's credit is held until
+    /// then (so a peer flooding pongs waits for its own verification).
+    fn on_pong(&mut self, pong: Pong, credit: Credit, ctx: &mut Context<Self>) {
+        let crypto = self.crypto.clone();
+        let topic = self.settings.topic.clone();
+        ctx.spawn(
+            async move {
+                crypto
+                    .send(VerifyServers {
+                        servers: pong.servers,
+                        topic,
+                    })
+                    .await
+            }
+            .into_actor(self)
+            .map(|res, act, _| {
+                let peers = res.unwrap_or_default();
+                for peer in &peers {
+                    act.learn_server(peer.clone());
+                }
+                act.report_listed(peers);
+                drop(credit);
+            }),
+        );
+    }
+}
+
+/// `{"type":kind,"id":id,"to":[..],"data":record}` with the record's raw text.
+fn record_frame(kind: &str, id: &str, to: Vec<String>, record: &Record) -> String {
+    let msg = PutData {
+        id: id.to_owned(),
+        to,
+        data: record.clone(),
+    };
+    match kind {
+        "crdtPut" => WireMessage::CrdtPut(msg),
+        _ => WireMessage::Put(msg),
+    }
+    .to_text()
+}
+
+/// Server function `peers`: the verified servers this node knows.
+fn fn_peers(hub: &Hub, _args: &Value) -> Result<Value, String> {
+    let snap = hub.snapshot();
+    Ok(json!(snap
+        .servers
+        .iter()
+        .map(|s| json!({"peer": s.peer, "state": s.state}))
+        .collect::<Vec<_>>()))
+}
+
+impl Actor for Hub {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.me = Some(ctx.address());
+        ctx.run_interval(CLEANUP_EVERY, |act, _| act.cleanup());
+        // (ForgetGoneClients runs the same cleanup on demand.)
+        let every = Duration::from_secs(self.settings.reconcile_every_secs.max(1));
+        ctx.run_interval(every, |act, ctx| {
+            for conn in act.conns.ids() {
+                act.maybe_reconcile(conn, ctx);
+            }
+        });
+        // Re-sign our record well inside the window peers accept.
+        let every = Duration::from_millis((self.settings.limits.ping_window_ms / 4).max(1000));
+        ctx.run_interval(every, |act, ctx| act.resign(ctx));
+    }
+}
+
+impl Handler<ConnectionIdentified> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: ConnectionIdentified, ctx: &mut Self::Context) {
+        if msg
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.address == self.settings.address)
+        {
+            tracing::info!(conn = msg.conn, "closing a connection to ourselves");
+            // The pong first: it tells our own dialer that this endpoint is us.
+            if let Some(ping_id) = &msg.ping_id {
+                let _ = msg.handle.outbox.push(self.pong_frame(ping_id).into());
+            }
+            msg.handle.close.do_send(CloseConnection::policy(
+                "this is the same node: refusing a connection to itself",
+            ));
+            return;
+        }
+        tracing::info!(
+            client = %msg.client_id,
+            server = msg.is_server,
+            outbound = msg.outbound,
+            "peer identified"
+        );
+        if msg.is_server {
+            if let Some(peer) = msg.peer.clone() {
+                self.learn_server(peer);
+            }
+        }
+        for peer in &msg.servers {
+            self.learn_server(peer.clone());
+        }
+        self.report_listed(msg.servers);
+        if let (true, Some(peer), Some(r)) = (msg.is_server, &msg.peer, &self.registry) {
+            r.connected.do_send(ServerConnected {
+                conn: msg.conn,
+                outbound: msg.outbound,
+                endpoint: msg.dialed.clone(),
+                peer: peer.clone(),
+            });
+        }
+        self.subs.client_back(&msg.client_id);
+        // A peer that pings again may have lost what it had (Tool Db resets too).
+        self.sent.forget(&msg.client_id);
+        let anonymous = msg.peer.is_none();
+        self.conns.insert(
+            msg.conn,
+            Conn {
+                handle: msg.handle,
+                client_id: msg.client_id,
+                address: msg
+                    .peer
+                    .as_ref()
+                    .filter(|_| msg.is_server)
+                    .map(|p| p.address.clone()),
+                reconcile: msg.is_server && msg.reconcile,
+                is_server: msg.is_server,
+                outbound: msg.outbound,
+                anonymous,
+                invalid_records: 0,
+            },
+        );
+        if let Some(ping_id) = msg.ping_id {
+            self.send_pong(msg.conn, &ping_id);
+        }
+        self.maybe_reconcile(msg.conn, ctx);
+    }
+}
+
+impl Handler<FrameReceived> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: FrameReceived, ctx: &mut Self::Context) {
+        let FrameReceived {
+            conn,
+            msg: m,
+            credit,
+        } = msg;
+        let Some(c) = self.conns.get(conn) else {
+            return;
+        };
+        let sender = c.client_id.clone();
+        let from_server = c.is_server;
+        let repeatable = matches!(m, WireMessage::Ping(_) | WireMessage::Pong(_));
+        if !repeatable {
+            let id = digest(&format!("{}\u{0}{}", m.kind(), m.id()));
+            if !self.processed.insert(id) {
+                return;
+            }
+        }
+        let job = |work, credit| Job {
+            sender,
+            from_server,
+            credit,
+            work,
+        };
+        match m {
+            WireMessage::Ping(p) => self.send_pong(conn, &p.id),
+            WireMessage::Pong(p) => self.on_pong(p, credit, ctx),
+            WireMessage::Reconcile(r) => self.on_reconcile(conn, r, credit, ctx),
+            WireMessage::Function(f) => self.on_function(conn, f),
+            WireMessage::Put(p) => self.on_put(conn, p, false, |w| job(w, credit), ctx),
+            WireMessage::CrdtPut(p) => self.on_put(conn, p, true, |w| job(w, credit), ctx),
+            WireMessage::Get(req) => {
+                self.enqueue(conn, job(Work::Get { req, crdt: false }, credit), None, ctx)
+            }
+            WireMessage::CrdtGet(req) => {
+                self.enqueue(conn, job(Work::Get { req, crdt: true }, credit), None, ctx)
+            }
+            WireMessage::Subscribe(req) => {
+                self.enqueue(conn, job(Work::Subscribe(req), credit), None, ctx)
+            }
+            WireMessage::Query(req) => self.enqueue(conn, job(Work::Query(req), credit), None, ctx),
+            // Answers to queries we relayed: our own answer went already.
+            WireMessage::QueryAck(_) | WireMessage::FunctionReturn(_) => {}
+        }
+    }
+}
+
+impl Hub {
+    fn on_put(
+        &mut self,
+        conn: ConnId,
+        put: PutData,
+        crdt: bool,
+        job: impl FnOnce(Work) -> Job,
+        ctx: &mut Context<Self>,
+    ) {
+        let PutData { id, to, data } = put;
+        if crdt != data.crdt.is_some() {
+            self.record_invalid(
+                conn,
+                &RecordError::InvalidData(format!(
+                    "{} carries a record with c = {:?}",
+                    if crdt { "crdtPut" } else { "put" },
+                    data.crdt
+                )),
+            );
+            return;
+        }
+        self.enqueue(conn, job(Work::Put { id, to }), Some((data, crdt)), ctx);
+    }
+}
+
+impl Handler<ConnectionClosed> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: ConnectionClosed, _: &mut Self::Context) {
+        let Some((conn, left)) = self.conns.remove(msg.conn) else {
+            return;
+        };
+        conn.handle.outbox.shut();
+        self.backlog.remove(&msg.conn);
+        if self.congested.remove(&msg.conn) && self.congested.is_empty() {
+            self.deferred.clear();
+        }
+        if self.pipelines.get(&msg.conn).is_some_and(Pipeline::is_idle) {
+            self.pipelines.remove(&msg.conn);
+        }
+        if left == Left::Gone {
+            for client in self
+                .subs
+                .client_left(&conn.client_id, conn.anonymous, Instant::now())
+            {
+                self.sent.forget(&client);
+            }
+            if conn.anonymous {
+                self.sent.forget(&conn.client_id);
+            }
+        }
+        tracing::info!(client = %conn.client_id, server = conn.is_server, outbound = conn.outbound, "connection closed");
+        if let (Some(address), Some(r)) = (conn.address, &self.registry) {
+            r.disconnected.do_send(ServerDisconnected {
+                conn: msg.conn,
+                address,
+            });
+        }
+    }
+}
+
+impl Handler<OutboxDrained> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: OutboxDrained, _: &mut Self::Context) {
+        self.congested.remove(&msg.conn);
+        if self.backlog.contains_key(&msg.conn) {
+            self.pump_backlog(msg.conn);
+        }
+        if self.congested.is_empty() && !self.deferred.is_empty() {
+            tracing::debug!(
+                credits = self.deferred.len(),
+                "server links drained: resuming client intake"
+            );
+            self.deferred.clear();
+        }
+    }
+}
+
+impl Handler<ForgetGoneClients> for Hub {
+    type Result = ();
+    fn handle(&mut self, _: ForgetGoneClients, _: &mut Self::Context) {
+        self.cleanup();
+    }
+}
+
+impl Handler<DropConnection> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: DropConnection, _: &mut Self::Context) {
+        if let Some(c) = self.conns.get(msg.conn) {
+            c.handle.close.do_send(CloseConnection::policy(msg.reason));
+        }
+    }
+}
+
+impl Handler<SetPublicHost> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: SetPublicHost, ctx: &mut Self::Context) {
+        if msg.host != self.settings.host {
+            tracing::info!(host = %msg.host, "our public host, as the DHT reports it");
+            self.settings.host = msg.host;
+            self.resign(ctx);
+        }
+    }
+}
+
+impl Handler<CloseAll> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: CloseAll, _: &mut Self::Context) {
+        for (_, c) in self.conns.iter() {
+            c.handle
+                .close
+                .do_send(CloseConnection::going_away(msg.reason.clone()));
+        }
+    }
+}
+
+impl Handler<GetSelfPeer> for Hub {
+    type Result = MessageResult<GetSelfPeer>;
+    fn handle(&mut self, _: GetSelfPeer, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.self_peer.clone())
+    }
+}
+
+impl Handler<GetPeers> for Hub {
+    type Result = MessageResult<GetPeers>;
+    fn handle(&mut self, _: GetPeers, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.snapshot())
+    }
+}

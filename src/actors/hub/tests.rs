@@ -1,0 +1,533 @@
+//! The hub driven directly with fake connections: no sockets.
+use super::*;
+use crate::config::Limits;
+use crate::crypto::{KeyScheme, NodeKey};
+use crate::flow::{Budget, Credit, Outbox, OutboxLimits};
+use crate::messages::connection::ConnHandle;
+use crate::record::{now_ms, sign_record};
+use std::sync::{Arc, Mutex};
+
+/// A connection whose outbox the test reads; closes are recorded.
+struct FakeConn {
+    closed: Arc<Mutex<Option<String>>>,
+}
+impl Actor for FakeConn {
+    type Context = Context<Self>;
+}
+impl Handler<CloseConnection> for FakeConn {
+    type Result = ();
+    fn handle(&mut self, m: CloseConnection, _: &mut Context<Self>) {
+        *self.closed.lock().unwrap() = Some(m.reason);
+    }
+}
+
+struct Fake {
+    conn: ConnId,
+    outbox: Outbox,
+    frames: Arc<Mutex<Vec<Value>>>,
+    closed: Arc<Mutex<Option<String>>>,
+    handle: ConnHandle,
+}
+
+impl Fake {
+    fn new() -> Fake {
+        Fake::with_outbox(Outbox::new(OutboxLimits::default()))
+    }
+
+    fn with_outbox(outbox: Outbox) -> Fake {
+        let closed = Arc::new(Mutex::new(None));
+        let addr = FakeConn {
+            closed: closed.clone(),
+        }
+        .start();
+        Fake {
+            conn: next_conn_id(),
+            handle: ConnHandle::of(&addr, outbox.clone()),
+            outbox,
+            frames: Arc::new(Mutex::new(vec![])),
+            closed,
+        }
+    }
+
+    /// Moves what the hub queued into `frames`.
+    fn read(&self) {
+        let mut frames = self.frames.lock().unwrap();
+        for t in self.outbox.take_texts() {
+            frames.push(serde_json::from_str(&t).unwrap());
+        }
+    }
+
+    fn identify(&self, hub: &Addr<Hub>, client_id: &str, peer: Option<Peer>) {
+        let is_server = peer.is_some();
+        self.identify_as(hub, client_id, peer, is_server);
+    }
+
+    /// A client whose ping record verified (not anonymous).
+    fn identify_client(&self, hub: &Addr<Hub>, key: &NodeKey) {
+        let peer = Peer::sign(key, "t", "127.0.0.1", 8080, now_ms());
+        self.identify_as(hub, key.client_id(), Some(peer), false);
+    }
+
+    fn identify_as(&self, hub: &Addr<Hub>, client_id: &str, peer: Option<Peer>, is_server: bool) {
+        hub.do_send(ConnectionIdentified {
+            conn: self.conn,
+            handle: self.handle.clone(),
+            client_id: client_id.into(),
+            is_server,
+            peer,
+            outbound: false,
+            dialed: None,
+            reconcile: false,
+            ping_id: Some("ping".into()),
+            servers: vec![],
+        });
+    }
+
+    async fn wait(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..500 {
+            self.read();
+            if let Some(v) = self.frames.lock().unwrap().iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no {what}: got {:?}", self.frames.lock().unwrap());
+    }
+
+    fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.read();
+        self.frames
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| pred(v))
+            .count()
+    }
+}
+
+struct Setup {
+    hub: Addr<Hub>,
+    key: Arc<NodeKey>,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    setup_with(Limits::default())
+}
+
+fn setup_with(limits: Limits) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let st = Storage::new(db, false).unwrap();
+    let storage = SyncArbiter::start(1, move || st.clone());
+    let key = Arc::new(NodeKey::generate(KeyScheme::Secp256k1));
+    let k = key.clone();
+    let crypto = SyncArbiter::start(1, move || Crypto::new(k.clone()));
+    let settings = HubSettings {
+        topic: "t".into(),
+        address: key.address().into(),
+        client_id: key.client_id().into(),
+        host: "127.0.0.1".into(),
+        port: 1,
+        pow: 0,
+        limits,
+        reconcile_every_secs: 60,
+        reconcile_max_records: 1000,
+    };
+    let me = Peer::sign(&key, "t", "127.0.0.1", 1, now_ms());
+    let hub = Hub::new(settings, storage, crypto, me).start();
+    Setup {
+        hub,
+        key,
+        _dir: dir,
+    }
+}
+
+fn put_frame(id: &str, to: Vec<String>, record: &Record) -> FrameReceived {
+    FrameReceived {
+        conn: 0,
+        credit: Credit::none(),
+        msg: WireMessage::Put(PutData {
+            id: id.into(),
+            to,
+            data: record.clone(),
+        }),
+    }
+}
+
+#[actix::test]
+async fn a_put_reaches_subscribers_and_servers_not_in_to() {
+    let s = setup();
+    let writer = Fake::new();
+    let sub = Fake::new();
+    let server = Fake::new();
+    let server_in_to = Fake::new();
+    writer.identify(&s.hub, "writer", None);
+    sub.identify(&s.hub, "sub", None);
+    let k1 = NodeKey::generate(KeyScheme::P256);
+    let k2 = NodeKey::generate(KeyScheme::P256);
+    server.identify(
+        &s.hub,
+        k1.client_id(),
+        Some(Peer::sign(&k1, "t", "h", 2, now_ms())),
+    );
+    server_in_to.identify(
+        &s.hub,
+        k2.client_id(),
+        Some(Peer::sign(&k2, "t", "h", 3, now_ms())),
+    );
+    s.hub.do_send(FrameReceived {
+        conn: sub.conn,
+        credit: Credit::none(),
+        msg: WireMessage::Subscribe(KeyRequest {
+            id: "s1".into(),
+            to: vec![],
+            key: "k".into(),
+        }),
+    });
+    let rec = sign_record(
+        &NodeKey::generate(KeyScheme::P256),
+        "k",
+        &json!(1),
+        now_ms(),
+    );
+    let mut frame = put_frame("p1", vec!["writer".into(), k2.client_id().into()], &rec);
+    frame.conn = writer.conn;
+    s.hub.do_send(frame);
+
+    let push = sub.wait("push", |v| v["type"] == "put").await;
+    assert_ne!(push["id"], "p1", "a push carries a fresh id");
+    assert_eq!(push["data"]["h"], rec.hash.as_str());
+    let relayed = server.wait("relay", |v| v["type"] == "put").await;
+    assert_eq!(relayed["id"], "p1", "a relay keeps the id, for dedupe");
+    let to: Vec<String> = serde_json::from_value(relayed["to"].clone()).unwrap();
+    assert!(to.contains(&"writer".to_string()) && to.contains(&s.key.client_id().to_string()));
+    // The server already in `to` and the writer get nothing.
+    server.wait("pong", |v| v["type"] == "pong").await;
+    assert_eq!(server_in_to.count(|v| v["type"] == "put"), 0);
+    assert_eq!(writer.count(|v| v["type"] == "put"), 0);
+}
+
+/// Regression (chaos harness, seed 3): a server whose duplicate link
+/// was identified after the surviving one, then closed, dropped out of
+/// the relay index although its first link stayed up.
+#[actix::test]
+async fn closing_a_duplicate_link_keeps_relaying_on_the_survivor() {
+    let s = setup();
+    let k = NodeKey::generate(KeyScheme::P256);
+    let kept = Fake::new();
+    let duplicate = Fake::new();
+    let peer = || Some(Peer::sign(&k, "t", "h", 2, now_ms()));
+    kept.identify(&s.hub, k.client_id(), peer());
+    duplicate.identify(&s.hub, k.client_id(), peer());
+    duplicate.wait("pong", |v| v["type"] == "pong").await;
+    s.hub.do_send(ConnectionClosed {
+        conn: duplicate.conn,
+    });
+    let writer = Fake::new();
+    writer.identify(&s.hub, "writer", None);
+    let rec = sign_record(
+        &NodeKey::generate(KeyScheme::P256),
+        "k",
+        &json!(1),
+        now_ms(),
+    );
+    let mut frame = put_frame("p1", vec![], &rec);
+    frame.conn = writer.conn;
+    s.hub.do_send(frame);
+    let relayed = kept
+        .wait("relay on the survivor", |v| v["type"] == "put")
+        .await;
+    assert_eq!(relayed["data"]["h"], rec.hash.as_str());
+}
+
+#[actix::test]
+async fn a_connection_to_ourselves_is_closed() {
+    let s = setup();
+    let me = Fake::new();
+    me.identify(
+        &s.hub,
+        s.key.client_id(),
+        Some(Peer::sign(&s.key, "t", "h", 1, now_ms())),
+    );
+    for _ in 0..200 {
+        if me.closed.lock().unwrap().is_some() {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(me
+        .closed
+        .lock()
+        .unwrap()
+        .as_deref()
+        .unwrap_or("")
+        .contains("itself"));
+    // The pong went first: our own dialer learns from it that this endpoint is us.
+    let pong = me.wait("pong", |v| v["type"] == "pong").await;
+    assert_eq!(pong["clientId"], s.key.client_id());
+    let snap = s.hub.send(GetPeers).await.unwrap();
+    assert!(snap.servers.is_empty() && snap.connected.is_empty());
+}
+
+#[actix::test]
+async fn a_subscription_follows_the_client_to_its_new_connection() {
+    let s = setup();
+    let client = NodeKey::generate(KeyScheme::P256);
+    let old = Fake::new();
+    old.identify_client(&s.hub, &client);
+    s.hub.do_send(FrameReceived {
+        conn: old.conn,
+        credit: Credit::none(),
+        msg: WireMessage::Subscribe(KeyRequest {
+            id: "s".into(),
+            to: vec![],
+            key: "k".into(),
+        }),
+    });
+    s.hub.do_send(ConnectionClosed { conn: old.conn });
+    let new = Fake::new();
+    new.identify_client(&s.hub, &client);
+    let writer = Fake::new();
+    writer.identify(&s.hub, "w", None);
+    let rec = sign_record(
+        &NodeKey::generate(KeyScheme::P256),
+        "k",
+        &json!(2),
+        now_ms(),
+    );
+    let mut frame = put_frame("p", vec![], &rec);
+    frame.conn = writer.conn;
+    s.hub.do_send(frame);
+    new.wait("push on the new connection", |v| v["type"] == "put")
+        .await;
+    assert_eq!(old.count(|v| v["type"] == "put"), 0);
+}
+
+#[actix::test]
+async fn subscriptions_of_clients_gone_past_the_grace_period_are_dropped() {
+    let s = setup_with(Limits {
+        subscription_grace_secs: 0,
+        ..Limits::default()
+    });
+    let client = NodeKey::generate(KeyScheme::P256);
+    let old = Fake::new();
+    old.identify_client(&s.hub, &client);
+    s.hub.do_send(FrameReceived {
+        conn: old.conn,
+        credit: Credit::none(),
+        msg: WireMessage::Subscribe(KeyRequest {
+            id: "s".into(),
+            to: vec![],
+            key: "k".into(),
+        }),
+    });
+    s.hub.do_send(ConnectionClosed { conn: old.conn });
+    s.hub.do_send(ForgetGoneClients);
+    let new = Fake::new();
+    new.identify_client(&s.hub, &client);
+    let writer = Fake::new();
+    writer.identify(&s.hub, "w", None);
+    let rec = sign_record(
+        &NodeKey::generate(KeyScheme::P256),
+        "k",
+        &json!(3),
+        now_ms(),
+    );
+    let mut frame = put_frame("p", vec![], &rec);
+    frame.conn = writer.conn;
+    s.hub.do_send(frame);
+    // The put is stored (a get answers it) but not pushed: the subscription is gone.
+    for i in 0..200 {
+        if new.count(|v| v["id"].as_str().is_some_and(|id| id.starts_with("get-"))) > 0 {
+            break;
+        }
+        s.hub.do_send(FrameReceived {
+            conn: new.conn,
+            credit: Credit::none(),
+            msg: WireMessage::Get(KeyRequest {
+                id: format!("get-{i}"),
+                to: vec![],
+                key: "k".into(),
+            }),
+        });
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    new.wait("a get's answer", |v| {
+        v["id"].as_str().is_some_and(|id| id.starts_with("get-"))
+    })
+    .await;
+    let pushes =
+        new.count(|v| v["type"] == "put" && !v["id"].as_str().unwrap().starts_with("get-"));
+    assert_eq!(pushes, 0);
+}
+
+#[actix::test]
+async fn a_relayed_get_is_answered_to_the_client_that_asked() {
+    let s = setup();
+    let client = Fake::new();
+    client.identify(&s.hub, "asker", None);
+    let k = NodeKey::generate(KeyScheme::P256);
+    let server = Fake::new();
+    server.identify(
+        &s.hub,
+        k.client_id(),
+        Some(Peer::sign(&k, "t", "h", 2, now_ms())),
+    );
+    s.hub.do_send(FrameReceived {
+        conn: client.conn,
+        credit: Credit::none(),
+        msg: WireMessage::Get(KeyRequest {
+            id: "g1".into(),
+            to: vec![],
+            key: "far".into(),
+        }),
+    });
+    let relayed = server.wait("relayed get", |v| v["type"] == "get").await;
+    assert_eq!(relayed["id"], "g1");
+    // The server answers with a put carrying the get's id.
+    let rec = sign_record(
+        &NodeKey::generate(KeyScheme::P256),
+        "far",
+        &json!("x"),
+        now_ms(),
+    );
+    let mut answer = put_frame("g1", vec![k.client_id().into()], &rec);
+    answer.conn = server.conn;
+    s.hub.do_send(answer);
+    let got = client.wait("answer", |v| v["id"] == "g1").await;
+    assert_eq!(got["type"], "put");
+    assert_eq!(got["data"]["v"], "x");
+}
+
+fn small_outbox(high_water: usize, limit: usize) -> Outbox {
+    Outbox::new(OutboxLimits {
+        high_water,
+        limit,
+        write_timeout: Duration::from_secs(30),
+    })
+}
+
+fn subscribe(s: &Setup, conn: ConnId, key: &str) {
+    s.hub.do_send(FrameReceived {
+        conn,
+        credit: Credit::none(),
+        msg: WireMessage::Subscribe(KeyRequest {
+            id: format!("sub-{conn}-{key}"),
+            to: vec![],
+            key: key.into(),
+        }),
+    });
+}
+
+#[actix::test]
+async fn a_subscriber_that_does_not_read_is_closed_and_the_others_are_served() {
+    let s = setup();
+    let stuck = Fake::with_outbox(small_outbox(1000, 4000));
+    let reader = Fake::new();
+    let writer = Fake::new();
+    stuck.identify_client(&s.hub, &NodeKey::generate(KeyScheme::P256));
+    reader.identify_client(&s.hub, &NodeKey::generate(KeyScheme::P256));
+    writer.identify(&s.hub, "writer", None);
+    subscribe(&s, stuck.conn, "k");
+    subscribe(&s, reader.conn, "k");
+    let author = NodeKey::generate(KeyScheme::P256);
+    let t0 = now_ms();
+    for i in 0..30u64 {
+        let rec = sign_record(&author, "k", &json!("x".repeat(200)), t0 + i);
+        let mut frame = put_frame(&format!("p{i}"), vec![], &rec);
+        frame.conn = writer.conn;
+        s.hub.do_send(frame);
+    }
+    // Never read: its outbox passes the limit and it is closed.
+    let mut reason = None;
+    for _ in 0..500 {
+        reason = stuck.closed.lock().unwrap().clone();
+        if reason.is_some() {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reason = reason.expect("the stuck subscriber was closed");
+    assert!(reason.contains("slow consumer"), "{reason}");
+    assert!(
+        stuck.outbox.pending_bytes() <= 4000,
+        "output stayed bounded"
+    );
+    // The reading subscriber gets every put, in order.
+    for _ in 0..500 {
+        if reader.count(|v| v["type"] == "put") == 30 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ts: Vec<u64> = reader
+        .frames
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["type"] == "put")
+        .map(|v| v["data"]["t"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ts, (0..30).map(|i| t0 + i).collect::<Vec<_>>());
+    assert!(reader.closed.lock().unwrap().is_none());
+}
+
+#[actix::test]
+async fn a_clients_credit_waits_while_a_server_link_is_congested() {
+    let s = setup();
+    let server = Fake::with_outbox(small_outbox(100, 1 << 20));
+    let k = NodeKey::generate(KeyScheme::P256);
+    server.identify(
+        &s.hub,
+        k.client_id(),
+        Some(Peer::sign(&k, "t", "h", 2, now_ms())),
+    );
+    let writer = Fake::new();
+    writer.identify(&s.hub, "writer", None);
+    server.wait("pong", |v| v["type"] == "pong").await;
+
+    let budget = Budget::new(1 << 20);
+    let full = budget.available();
+    let window = budget.window(1 << 16);
+    let rec = sign_record(
+        &NodeKey::generate(KeyScheme::P256),
+        "k",
+        &json!(1),
+        now_ms(),
+    );
+    let mut frame = put_frame("p1", vec![], &rec);
+    frame.conn = writer.conn;
+    frame.credit = window.take(rec.raw().len()).await;
+    s.hub.do_send(frame);
+    // The relay fills the server's outbox past its high water...
+    for _ in 0..500 {
+        if server.outbox.pending_bytes() > 0 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(server.outbox.is_congested());
+    // ...so once the put is done (a later get is answered), its credit is
+    // still held: the writer's reading stays paused.
+    s.hub.do_send(FrameReceived {
+        conn: writer.conn,
+        credit: Credit::none(),
+        msg: WireMessage::Get(KeyRequest {
+            id: "g".into(),
+            to: vec![],
+            key: "k".into(),
+        }),
+    });
+    writer.wait("the get's answer", |v| v["id"] == "g").await;
+    assert!(budget.available() < full, "credit held while congested");
+    // The server reads: the credit comes back.
+    server.read();
+    for _ in 0..500 {
+        if budget.available() == full {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(budget.available(), full);
+}

@@ -1,0 +1,662 @@
+//! Flow control: backpressure instead of disconnection (DESIGN.md).
+//!
+//! - `Budget`/`Credit`: every frame read from a socket costs credit (its
+//!   size plus a fixed overhead) from its connection's window and from the
+//!   node's total window; the credit travels with the frame and is given
+//!   back when the work for it is done. `Gated` wraps a socket's frame
+//!   stream and stops reading while no credit is left, so TCP slows the
+//!   sender down instead of the node closing it.
+//! - `Outbox`: a connection's pending output, bounded in bytes. The hub
+//!   pushes frames; a writer task (`spawn_writer`) moves them to the socket.
+//!   Past `high_water` the connection is congested (its own reading pauses;
+//!   the hub stops taking new client work while a server link is
+//!   congested); past `limit` a push fails and the peer is closed as a slow
+//!   consumer. A write that makes no progress for `write_timeout` ends the
+//!   writer (a socket frozen at the TCP level).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use actix_http::ws::{CloseCode, CloseReason, Message};
+use bytestring::ByteString;
+use futures_util::{Sink, SinkExt, Stream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// What a frame costs beyond its bytes: the parsed message, queues, ids.
+pub const FRAME_OVERHEAD: usize = 256;
+
+/// The node's total window of work in flight, shared by every connection.
+#[derive(Clone, Debug)]
+pub struct Budget {
+    total: Arc<Semaphore>,
+    total_bytes: usize,
+}
+
+impl Budget {
+    pub fn new(total_bytes: usize) -> Budget {
+        let total_bytes = total_bytes.clamp(1, Semaphore::MAX_PERMITS);
+        Budget {
+            total: Arc::new(Semaphore::new(total_bytes)),
+            total_bytes,
+        }
+    }
+
+    /// Bytes of the total window free now (for tests and status).
+    pub fn available(&self) -> usize {
+        self.total.available_permits()
+    }
+
+    /// A window for one connection, drawing on this budget too.
+    pub fn window(&self, bytes: usize) -> Window {
+        let bytes = bytes.clamp(1, Semaphore::MAX_PERMITS);
+        Window {
+            conn: Arc::new(Semaphore::new(bytes)),
+            conn_bytes: bytes,
+            budget: self.clone(),
+        }
+    }
+}
+
+/// One connection's window of work in flight.
+#[derive(Clone, Debug)]
+pub struct Window {
+    conn: Arc<Semaphore>,
+    conn_bytes: usize,
+    budget: Budget,
+}
+
+impl Window {
+    /// Bytes of this connection's window free now.
+    pub fn available(&self) -> usize {
+        self.conn.available_permits()
+    }
+
+    /// What a frame of `len` bytes costs, capped so that one frame always
+    /// fits (a frame larger than the window would wait forever).
+    fn cost(&self, len: usize) -> (u32, u32) {
+        let c = len.saturating_add(FRAME_OVERHEAD);
+        (
+            c.min(self.conn_bytes) as u32,
+            c.min(self.budget.total_bytes) as u32,
+        )
+    }
+
+    fn try_take(&self, len: usize) -> Option<Credit> {
+        let (c, t) = self.cost(len);
+        let conn = self.conn.clone().try_acquire_many_owned(c).ok()?;
+        let total = self.budget.total.clone().try_acquire_many_owned(t).ok()?;
+        Some(Credit {
+            _permits: Some((conn, total)),
+        })
+    }
+
+    /// Credit for a frame of `len` bytes, once there is room.
+    pub fn take(&self, len: usize) -> impl Future<Output = Credit> + Send + 'static {
+        let (c, t) = self.cost(len);
+        let (conn, total) = (self.conn.clone(), self.budget.total.clone());
+        async move {
+            // The connection's own window first, so one connection waiting
+            // for the total holds at most one frame's worth of it.
+            let conn = conn.acquire_many_owned(c).await;
+            let total = total.acquire_many_owned(t).await;
+            match (conn, total) {
+                (Ok(conn), Ok(total)) => Credit {
+                    _permits: Some((conn, total)),
+                },
+                // The semaphores are never closed.
+                _ => Credit::none(),
+            }
+        }
+    }
+}
+
+/// Credit for one frame's work; given back when dropped.
+#[derive(Debug)]
+#[must_use = "dropping the credit ends the work it pays for"]
+pub struct Credit {
+    _permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+}
+
+impl Credit {
+    /// Credit that holds nothing (frames the node makes itself, tests).
+    pub fn none() -> Credit {
+        Credit { _permits: None }
+    }
+}
+
+/// A frame stream that stops reading while its connection has no credit
+/// left, or while its own output is congested (it asks faster than it
+/// reads). Yields each item with the credit it took.
+pub struct Gated<S: Stream, F> {
+    inner: S,
+    window: Window,
+    outbox: Outbox,
+    cost: F,
+    /// A frame read, waiting for its credit.
+    waiting: Option<(Option<S::Item>, CreditFuture)>,
+}
+
+type CreditFuture = Pin<Box<dyn Future<Output = Credit> + Send>>;
+
+impl<S: Stream, F> Gated<S, F> {
+    pub fn new(inner: S, window: Window, outbox: Outbox, cost: F) -> Self {
+        Gated {
+            inner,
+            window,
+            outbox,
+            cost,
+            waiting: None,
+        }
+    }
+}
+
+impl<S, F> Stream for Gated<S, F>
+where
+    S: Stream + Unpin,
+    S::Item: Unpin,
+    F: Fn(&S::Item) -> usize + Unpin,
+{
+    type Item = (S::Item, Credit);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some((item, fut)) = this.waiting.as_mut() {
+            let credit = std::task::ready!(fut.as_mut().poll(cx));
+            let item = item.take();
+            this.waiting = None;
+            if let Some(item) = item {
+                return Poll::Ready(Some((item, credit)));
+            }
+        }
+        if !this.outbox.poll_uncongested(cx) {
+            return Poll::Pending;
+        }
+        let Some(item) = std::task::ready!(Pin::new(&mut this.inner).poll_next(cx)) else {
+            return Poll::Ready(None);
+        };
+        let len = (this.cost)(&item);
+        if let Some(credit) = this.window.try_take(len) {
+            return Poll::Ready(Some((item, credit)));
+        }
+        // Read, but wait for room before handing it on (and before reading
+        // the next one): the socket is not read meanwhile.
+        let mut fut: CreditFuture = Box::pin(this.window.take(len));
+        match fut.as_mut().poll(cx) {
+            Poll::Ready(credit) => Poll::Ready(Some((item, credit))),
+            Poll::Pending => {
+                this.waiting = Some((Some(item), fut));
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Why a push was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutboxError {
+    #[error("slow consumer: more than {limit} bytes of output pending")]
+    Full { limit: usize },
+    #[error("connection closing")]
+    Closed,
+}
+
+/// Limits of one outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxLimits {
+    /// Pending bytes past which the connection counts as congested.
+    pub high_water: usize,
+    /// Pending bytes a push may not exceed: the peer is not reading.
+    pub limit: usize,
+    /// A write with no progress for this long ends the connection.
+    pub write_timeout: Duration,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        OutboxLimits {
+            high_water: 1 << 20,
+            limit: 8 << 20,
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+enum Out {
+    Text(ByteString),
+    Ping,
+    Pong(bytes::Bytes),
+}
+
+struct OutboxState {
+    queue: VecDeque<Out>,
+    bytes: usize,
+    close: Option<CloseReason>,
+    closed: bool,
+    congested: bool,
+    /// Whether congestion pauses the connection's reader (not for server
+    /// links: two servers each waiting for the other to read would
+    /// deadlock; the hub holds back client work for them instead).
+    gate_reads: bool,
+    /// The connection's reader, paused while congested.
+    reader: Option<Waker>,
+    /// Called once output falls to half the high-water mark.
+    on_drained: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// A connection's pending output, bounded in bytes. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    state: Arc<Mutex<OutboxState>>,
+    writer: Arc<Notify>,
+    limits: OutboxLimits,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("pending", &self.pending_bytes())
+            .finish()
+    }
+}
+
+impl Outbox {
+    pub fn new(limits: OutboxLimits) -> Outbox {
+        Outbox {
+            state: Arc::new(Mutex::new(OutboxState {
+                queue: VecDeque::new(),
+                bytes: 0,
+                close: None,
+                closed: false,
+                congested: false,
+                gate_reads: true,
+                reader: None,
+                on_drained: None,
+            })),
+            writer: Arc::new(Notify::new()),
+            limits,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        // A panic while holding this lock leaves only counters behind.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn limits(&self) -> OutboxLimits {
+        self.limits
+    }
+
+    /// Queues a text frame. Refused (and nothing queued) when the pending
+    /// output would pass the limit: the caller closes the slow consumer.
+    pub fn push(&self, text: ByteString) -> Result<(), OutboxError> {
+        let mut s = self.lock();
+        if s.closed || s.close.is_some() {
+            return Err(OutboxError::Closed);
+        }
+        let len = text.len();
+        // One frame always fits in an empty outbox.
+        if s.bytes > 0 && s.bytes + len > self.limits.limit {
+            return Err(OutboxError::Full {
+                limit: self.limits.limit,
+            });
+        }
+        s.bytes += len;
+        if s.bytes > self.limits.high_water {
+            s.congested = true;
+        }
+        s.queue.push_back(Out::Text(text));
+        drop(s);
+        self.writer.notify_one();
+        Ok(())
+    }
+
+    /// Queues a websocket ping (heartbeat) or pong (answer to a ping).
+    pub fn push_ping(&self) {
+        self.push_control(Out::Ping);
+    }
+
+    pub fn push_pong(&self, payload: bytes::Bytes) {
+        self.push_control(Out::Pong(payload));
+    }
+
+    fn push_control(&self, out: Out) {
+        let mut s = self.lock();
+        // Control frames are tiny; the reader's credit bounds how many.
+        if !s.closed && s.close.is_none() {
+            s.queue.push_back(out);
+            drop(s);
+            self.writer.notify_one();
+        }
+    }
+
+    /// Drops what is pending and sends a close frame next.
+    pub fn close(&self, code: CloseCode, reason: &str) {
+        let mut s = self.lock();
+        if s.closed || s.close.is_some() {
+            return;
+        }
+        s.queue.clear();
+        s.bytes = 0;
+        s.close = Some(CloseReason {
+            code,
+            description: Some(truncate_reason(reason)),
+        });
+        Self::uncongest(&mut s);
+        drop(s);
+        self.writer.notify_one();
+    }
+
+    /// The connection is gone: the writer stops, pending output is freed.
+    pub fn shut(&self) {
+        let mut s = self.lock();
+        s.closed = true;
+        s.queue.clear();
+        s.bytes = 0;
+        Self::uncongest(&mut s);
+        drop(s);
+        self.writer.notify_one();
+    }
+
+    fn uncongest(s: &mut OutboxState) {
+        s.congested = false;
+        if let Some(w) = s.reader.take() {
+            w.wake();
+        }
+        if let Some(f) = s.on_drained.take() {
+            f();
+        }
+    }
+
+    pub fn pending_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    pub fn is_congested(&self) -> bool {
+        self.lock().congested
+    }
+
+    /// Runs `f` once the output falls to half the high-water mark (at once
+    /// if it is not congested). Replaces an earlier callback.
+    pub fn on_drained(&self, f: Box<dyn FnOnce() + Send>) {
+        let mut s = self.lock();
+        if s.congested {
+            s.on_drained = Some(f);
+        } else {
+            drop(s);
+            f();
+        }
+    }
+
+    /// From now on congestion does not pause this connection's reading
+    /// (a server link).
+    pub fn never_pause_reads(&self) {
+        let mut s = self.lock();
+        s.gate_reads = false;
+        if let Some(w) = s.reader.take() {
+            w.wake();
+        }
+    }
+
+    /// True when the reader may go on; else registers it to be woken.
+    fn poll_uncongested(&self, cx: &mut Context<'_>) -> bool {
+        let mut s = self.lock();
+        if s.congested && s.gate_reads {
+            s.reader = Some(cx.waker().clone());
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Takes every text frame queued (tests and in-process peers).
+    pub fn take_texts(&self) -> Vec<ByteString> {
+        let mut s = self.lock();
+        let mut out = vec![];
+        let mut kept = VecDeque::new();
+        while let Some(o) = s.queue.pop_front() {
+            match o {
+                Out::Text(t) => out.push(t),
+                other => kept.push_back(other),
+            }
+        }
+        s.queue = kept;
+        s.bytes = 0;
+        Self::uncongest(&mut s);
+        out
+    }
+
+    /// The close frame queued, if any (tests).
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.lock().close.clone()
+    }
+
+    /// The writer's next item; None once the connection is gone or closed.
+    async fn next(&self) -> Option<Message> {
+        loop {
+            let notified = self.writer.notified();
+            {
+                let mut s = self.lock();
+                if s.closed {
+                    return None;
+                }
+                if let Some(out) = s.queue.pop_front() {
+                    let msg = match out {
+                        Out::Text(t) => {
+                            s.bytes -= t.len();
+                            if s.congested && s.bytes <= self.limits.high_water / 2 {
+                                Self::uncongest(&mut s);
+                            }
+                            Message::Text(t)
+                        }
+                        Out::Ping => Message::Ping(bytes::Bytes::new()),
+                        Out::Pong(p) => Message::Pong(p),
+                    };
+                    return Some(msg);
+                }
+                if let Some(reason) = s.close.take() {
+                    s.closed = true;
+                    return Some(Message::Close(Some(reason)));
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Websocket close reasons may hold at most 123 bytes.
+pub const MAX_CLOSE_REASON: usize = 123;
+
+pub fn truncate_reason(reason: &str) -> String {
+    let mut cut = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    reason[..cut].to_owned()
+}
+
+/// How a writer ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriterEnd {
+    /// Closed by us (close frame sent) or the connection went away.
+    Done,
+    /// A write made no progress within the write timeout.
+    Stalled,
+    /// The socket refused a write.
+    Failed,
+}
+
+/// Moves `outbox`'s frames to `sink` until the connection closes; then
+/// calls `done` with how it ended. Frames are fed without a flush each and
+/// flushed when the outbox runs empty.
+pub fn spawn_writer<S>(outbox: Outbox, mut sink: S, done: impl FnOnce(WriterEnd) + 'static)
+where
+    S: Sink<Message> + Unpin + 'static,
+{
+    let timeout = outbox.limits.write_timeout;
+    actix_rt::spawn(async move {
+        let end = loop {
+            let Some(msg) = outbox.next().await else {
+                break WriterEnd::Done;
+            };
+            let is_close = matches!(msg, Message::Close(_));
+            match tokio::time::timeout(timeout, sink.feed(msg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break WriterEnd::Failed,
+                Err(_) => break WriterEnd::Stalled,
+            }
+            if is_close || outbox.lock().queue.is_empty() {
+                match tokio::time::timeout(timeout, sink.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break WriterEnd::Failed,
+                    Err(_) => break WriterEnd::Stalled,
+                }
+            }
+            if is_close {
+                let _ = tokio::time::timeout(timeout, sink.close()).await;
+                break WriterEnd::Done;
+            }
+        };
+        outbox.shut();
+        done(end);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    fn limits(high: usize, limit: usize) -> OutboxLimits {
+        OutboxLimits {
+            high_water: high,
+            limit,
+            write_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn an_outbox_refuses_past_its_limit_and_congests_past_high_water() {
+        let o = Outbox::new(limits(10, 20));
+        o.push("12345678".into()).unwrap();
+        assert!(!o.is_congested());
+        o.push("12345".into()).unwrap();
+        assert!(o.is_congested(), "13 > high water 10");
+        assert_eq!(
+            o.push("12345678".into()),
+            Err(OutboxError::Full { limit: 20 }),
+            "21 > limit 20"
+        );
+        assert_eq!(o.pending_bytes(), 13, "a refused frame is not kept");
+        let drained = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let d = drained.clone();
+        o.on_drained(Box::new(move || {
+            d.store(true, std::sync::atomic::Ordering::SeqCst)
+        }));
+        assert_eq!(o.take_texts().len(), 2);
+        assert!(drained.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(!o.is_congested());
+    }
+
+    #[test]
+    fn one_frame_larger_than_the_limit_still_goes_to_an_empty_outbox() {
+        let o = Outbox::new(limits(2, 4));
+        o.push("123456".into()).unwrap();
+        assert!(o.push("1".into()).is_err());
+    }
+
+    #[test]
+    fn close_drops_pending_output_and_later_pushes() {
+        let o = Outbox::new(limits(10, 100));
+        o.push("abc".into()).unwrap();
+        o.close(CloseCode::Policy, &"x".repeat(500));
+        assert_eq!(o.pending_bytes(), 0);
+        assert_eq!(o.push("more".into()), Err(OutboxError::Closed));
+        let reason = o.close_reason().unwrap();
+        assert_eq!(reason.description.unwrap().len(), MAX_CLOSE_REASON);
+    }
+
+    #[actix::test]
+    async fn the_gate_stops_reading_until_credit_comes_back() {
+        let budget = Budget::new(1 << 20);
+        let window = budget.window(3 * (10 + FRAME_OVERHEAD));
+        let outbox = Outbox::new(OutboxLimits::default());
+        let polled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let p = polled.clone();
+        let frames = futures_util::stream::iter((0..10).map(move |i| {
+            p.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            format!("frame-{i:04}")
+        }));
+        let mut gated = Gated::new(frames, window.clone(), outbox, |s: &String| s.len());
+        let mut held = vec![];
+        for _ in 0..3 {
+            held.push(gated.next().await.unwrap());
+        }
+        // The window is full: the next poll reads one frame, then waits.
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut gated).poll_next(&mut cx).is_pending());
+        assert!(Pin::new(&mut gated).poll_next(&mut cx).is_pending());
+        assert_eq!(
+            polled.load(std::sync::atomic::Ordering::SeqCst),
+            4,
+            "no read past the one frame waiting for room"
+        );
+        drop(held.remove(0));
+        let (next, _credit) = gated.next().await.unwrap();
+        assert_eq!(next, "frame-0003", "order kept");
+        assert_eq!(budget.available(), (1 << 20) - 3 * (10 + FRAME_OVERHEAD));
+    }
+
+    #[actix::test]
+    async fn the_gate_pauses_while_the_connections_output_is_congested() {
+        let budget = Budget::new(1 << 20);
+        let outbox = Outbox::new(limits(4, 100));
+        outbox.push("123456".into()).unwrap();
+        let frames = futures_util::stream::iter(vec!["a".to_string()]);
+        let mut gated = Gated::new(
+            frames,
+            budget.window(1 << 16),
+            outbox.clone(),
+            |s: &String| s.len(),
+        );
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut gated).poll_next(&mut cx).is_pending());
+        outbox.take_texts();
+        assert_eq!(gated.next().await.unwrap().0, "a");
+    }
+
+    #[actix::test]
+    async fn a_writer_that_cannot_write_gives_up_after_the_timeout() {
+        tokio::time::pause();
+        // A sink that never accepts anything: a peer frozen at the TCP level.
+        struct Frozen;
+        impl Sink<Message> for Frozen {
+            type Error = ();
+            fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+                Poll::Pending
+            }
+            fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), ()> {
+                Ok(())
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+                Poll::Pending
+            }
+            fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+                Poll::Pending
+            }
+        }
+        let outbox = Outbox::new(limits(10, 100));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        spawn_writer(outbox.clone(), Frozen, move |end| {
+            let _ = tx.send(end);
+        });
+        outbox.push("hello".into()).unwrap();
+        assert_eq!(rx.await.unwrap(), WriterEnd::Stalled);
+        assert_eq!(outbox.push("more".into()), Err(OutboxError::Closed));
+    }
+}
