@@ -255,6 +255,9 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
     // Signals are ours: a stop first closes sockets with a close frame.
     .disable_signals()
     .shutdown_timeout(2)
+    // After our close frame, what is queued still has to reach a slow
+    // reader (its close reason included); actix's default of 1 s dropped it.
+    .client_disconnect_timeout(Duration::from_secs(config.limits.write_timeout_secs))
     .listen(listener)
     .map_err(StartError::Listen)?
     .run();

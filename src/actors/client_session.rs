@@ -60,6 +60,11 @@ pub struct ClientSession {
     bad_frames: u32,
     last_heard: Instant,
     outbox: Outbox,
+    /// A close frame is queued: frames read now are dropped, and the actor
+    /// stops once the socket is done (see `close`).
+    closing: bool,
+    /// The hub was told this connection is gone.
+    reported: bool,
     /// Until `started` hands them to the context and the writer.
     socket: Option<(actix_ws::Session, Frames)>,
 }
@@ -82,13 +87,36 @@ impl ClientSession {
             bad_frames: 0,
             last_heard: Instant::now(),
             outbox,
+            closing: false,
+            reported: false,
             socket: Some((session, frames)),
         }
     }
 
+    /// Queues a close frame and leaves the hub at once, but keeps the
+    /// socket's reading half until the response side is done: dropping it
+    /// early makes actix-http drop the connection before what is queued
+    /// (the close frame included) is written, and the peer sees a reset.
+    /// The frame stream ends once the socket is done; `write_timeout` bounds
+    /// the wait for a peer that reads nothing.
     fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: String) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
         self.outbox.close(code, &reason);
-        ctx.stop();
+        self.report_closed();
+        let wait = Duration::from_secs(self.services.config.limits.write_timeout_secs);
+        ctx.run_later(wait, |_, ctx| ctx.stop());
+    }
+
+    fn report_closed(&mut self) {
+        if !self.reported {
+            self.reported = true;
+            self.services
+                .hub
+                .do_send(ConnectionClosed { conn: self.conn });
+        }
     }
 
     fn bad_frame(&mut self, ctx: &mut Context<Self>, err: &WireError) {
@@ -270,14 +298,15 @@ impl Actor for ClientSession {
         if self.outbox.close_reason().is_none() {
             self.outbox.shut();
         }
-        self.services
-            .hub
-            .do_send(ConnectionClosed { conn: self.conn });
+        self.report_closed();
     }
 }
 
 impl StreamHandler<(Item, Credit)> for ClientSession {
     fn handle(&mut self, (item, credit): (Item, Credit), ctx: &mut Self::Context) {
+        if self.closing {
+            return;
+        }
         self.last_heard = Instant::now();
         let max = self.services.config.limits.max_frame_bytes;
         match item {
@@ -331,7 +360,11 @@ impl Handler<WriterEnded> for ClientSession {
             let secs = self.services.config.limits.write_timeout_secs;
             tracing::warn!(conn = self.conn, remote = %self.remote, secs, "closing: writes made no progress (peer frozen)");
         }
-        ctx.stop();
+        // After our close frame the socket still drains; the frame stream
+        // ends when it is done.
+        if !(self.closing && msg.0 == WriterEnd::Done) {
+            ctx.stop();
+        }
     }
 }
 

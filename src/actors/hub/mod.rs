@@ -931,7 +931,10 @@ impl Handler<ConnectionClosed> for Hub {
         let Some((conn, left)) = self.conns.remove(msg.conn) else {
             return;
         };
-        conn.handle.outbox.shut();
+        // Frees what is pending; a queued close frame still goes out.
+        if conn.handle.outbox.close_reason().is_none() {
+            conn.handle.outbox.shut();
+        }
         self.backlog.remove(&msg.conn);
         if self.congested.remove(&msg.conn) && self.congested.is_empty() {
             self.deferred.clear();
