@@ -276,15 +276,7 @@ async fn a_subscription_follows_the_client_to_its_new_connection() {
     let client = NodeKey::generate(KeyScheme::P256);
     let old = Fake::new();
     old.identify_client(&s.hub, &client);
-    s.hub.do_send(FrameReceived {
-        conn: old.conn,
-        credit: Credit::none(),
-        msg: WireMessage::Subscribe(KeyRequest {
-            id: "s".into(),
-            to: vec![],
-            key: "k".into(),
-        }),
-    });
+    subscribe(&s, old.conn, "k");
     s.hub.do_send(ConnectionClosed { conn: old.conn });
     let new = Fake::new();
     new.identify_client(&s.hub, &client);
@@ -313,15 +305,7 @@ async fn subscriptions_of_clients_gone_past_the_grace_period_are_dropped() {
     let client = NodeKey::generate(KeyScheme::P256);
     let old = Fake::new();
     old.identify_client(&s.hub, &client);
-    s.hub.do_send(FrameReceived {
-        conn: old.conn,
-        credit: Credit::none(),
-        msg: WireMessage::Subscribe(KeyRequest {
-            id: "s".into(),
-            to: vec![],
-            key: "k".into(),
-        }),
-    });
+    subscribe(&s, old.conn, "k");
     s.hub.do_send(ConnectionClosed { conn: old.conn });
     s.hub.do_send(ForgetGoneClients);
     let new = Fake::new();
