@@ -73,15 +73,51 @@ struct ServerEntry {
     links: Vec<Link>,
 }
 
+/// Why the registry ends a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// The endpoint answered with this node's own record.
+    ThisNode,
+    /// Another link to the same server stays (see `keep_outbound`).
+    Duplicate { address: String },
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::ThisNode => f.write_str("this endpoint is this node"),
+            StopReason::Duplicate { address } => write!(
+                f,
+                "duplicate connection to {address}: keeping the one dialed by the smaller address"
+            ),
+        }
+    }
+}
+
+/// A server's state as `/peers` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerState {
+    /// At least one verified link is up.
+    Connected,
+    /// No link; a dialer is trying one of its endpoints.
+    Dialing,
+    /// No link; every endpoint is waiting out its quarantine.
+    BackingOff,
+}
+
 /// What the actor must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Start a supervised `PeerConnection` to it.
     Dial { endpoint: Endpoint },
     /// Stop (and drop) the `PeerConnection` for it; no redial.
-    StopDialing { endpoint: Endpoint, reason: String },
+    StopDialing {
+        endpoint: Endpoint,
+        reason: StopReason,
+    },
     /// Close an inbound connection (through the hub).
-    CloseInbound { conn: ConnId, reason: String },
+    CloseInbound { conn: ConnId, reason: StopReason },
     /// Save a verified server record in the peer book.
     Remember { peer: Peer },
 }
@@ -112,7 +148,7 @@ pub struct ServerView {
     pub address: String,
     #[serde(rename = "clientId")]
     pub client_id: String,
-    pub state: &'static str,
+    pub state: ServerState,
     pub peer: Option<Peer>,
     pub links: usize,
     pub endpoints: Vec<EndpointView>,
@@ -278,7 +314,7 @@ impl RegistryState {
                 actions.extend(self.dial_gave_up(&ep, true, now));
                 actions.push(Action::StopDialing {
                     endpoint: ep,
-                    reason: "this endpoint is this node".into(),
+                    reason: StopReason::ThisNode,
                 });
             }
             return actions;
@@ -341,7 +377,9 @@ impl RegistryState {
                 .collect();
             server.links = vec![kept];
             for link in extra {
-                let reason = format!("duplicate connection to {address}: keeping the one dialed by the smaller address");
+                let reason = StopReason::Duplicate {
+                    address: address.clone(),
+                };
                 if link.outbound {
                     if let Some(ep) = link.endpoint {
                         if let Some(e) = self.endpoints.get_mut(&ep) {
@@ -349,13 +387,13 @@ impl RegistryState {
                         }
                         actions.push(Action::StopDialing {
                             endpoint: ep,
-                            reason,
+                            reason: reason.clone(),
                         });
                     }
                 } else {
                     actions.push(Action::CloseInbound {
                         conn: link.conn,
-                        reason,
+                        reason: reason.clone(),
                     });
                 }
             }
@@ -441,11 +479,11 @@ impl RegistryState {
                     .map(|(ep, e)| endpoint_view(ep, e))
                     .collect();
                 let state = if !s.links.is_empty() {
-                    "connected"
+                    ServerState::Connected
                 } else if endpoints.iter().any(|e| e.state == EndpointState::Dialing) {
-                    "dialing"
+                    ServerState::Dialing
                 } else {
-                    "backing_off"
+                    ServerState::BackingOff
                 };
                 ServerView {
                     address: address.clone(),

@@ -92,11 +92,14 @@ impl PeerRegistry {
                 Action::StopDialing { endpoint, reason } => {
                     if let Some(addr) = self.dialers.remove(&endpoint) {
                         tracing::info!(endpoint = %endpoint, reason = %reason, "stopped dialing");
-                        addr.do_send(CloseConnection::going_away(reason));
+                        addr.do_send(CloseConnection::going_away(reason.to_string()));
                     }
                 }
                 Action::CloseInbound { conn, reason } => {
-                    self.services.hub.do_send(DropConnection { conn, reason });
+                    self.services.hub.do_send(DropConnection {
+                        conn,
+                        reason: reason.to_string(),
+                    });
                 }
                 Action::Remember { peer } => {
                     self.storage.do_send(SavePeer { peer });

@@ -90,7 +90,16 @@ pub struct ServerEntry {
     pub peer: Peer,
     #[serde(rename = "clientId")]
     pub client_id: String,
-    pub state: &'static str,
+    pub state: LinkState,
+}
+
+/// Whether the hub has a verified link to a known server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    Connected,
+    /// Known from a pong or the peer book; no link right now.
+    Discovered,
 }
 
 /// Close one connection (the registry's duplicate rule, for inbound links).

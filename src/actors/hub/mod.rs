@@ -382,9 +382,9 @@ impl Hub {
             .map(|peer| {
                 let cid = peer.client_id().to_owned();
                 let state = if self.conns.is_server_client(&cid) {
-                    "connected"
+                    LinkState::Connected
                 } else {
-                    "discovered"
+                    LinkState::Discovered
                 };
                 ServerEntry {
                     peer: peer.clone(),

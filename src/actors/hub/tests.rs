@@ -143,9 +143,16 @@ fn setup_with(limits: Limits) -> Setup {
     }
 }
 
-fn put_frame(id: &str, to: Vec<String>, record: &Record) -> FrameReceived {
+/// A fresh author's record of `value` at `key`, put from `writer`.
+fn put_new_record(s: &Setup, writer: &Fake, key: &str, value: serde_json::Value) -> Record {
+    let rec = sign_record(&NodeKey::generate(KeyScheme::P256), key, &value, now_ms());
+    s.hub.do_send(put_frame(writer.conn, "p", vec![], &rec));
+    rec
+}
+
+fn put_frame(conn: ConnId, id: &str, to: Vec<String>, record: &Record) -> FrameReceived {
     FrameReceived {
-        conn: 0,
+        conn,
         credit: Credit::none(),
         msg: WireMessage::Put(PutData {
             id: id.into(),
@@ -191,9 +198,12 @@ async fn a_put_reaches_subscribers_and_servers_not_in_to() {
         &json!(1),
         now_ms(),
     );
-    let mut frame = put_frame("p1", vec!["writer".into(), k2.client_id().into()], &rec);
-    frame.conn = writer.conn;
-    s.hub.do_send(frame);
+    s.hub.do_send(put_frame(
+        writer.conn,
+        "p1",
+        vec!["writer".into(), k2.client_id().into()],
+        &rec,
+    ));
 
     let push = sub.wait("push", |v| v["type"] == "put").await;
     assert_ne!(push["id"], "p1", "a push carries a fresh id");
@@ -226,15 +236,7 @@ async fn closing_a_duplicate_link_keeps_relaying_on_the_survivor() {
     });
     let writer = Fake::new();
     writer.identify(&s.hub, "writer", None);
-    let rec = sign_record(
-        &NodeKey::generate(KeyScheme::P256),
-        "k",
-        &json!(1),
-        now_ms(),
-    );
-    let mut frame = put_frame("p1", vec![], &rec);
-    frame.conn = writer.conn;
-    s.hub.do_send(frame);
+    let rec = put_new_record(&s, &writer, "k", json!(1));
     let relayed = kept
         .wait("relay on the survivor", |v| v["type"] == "put")
         .await;
@@ -282,15 +284,7 @@ async fn a_subscription_follows_the_client_to_its_new_connection() {
     new.identify_client(&s.hub, &client);
     let writer = Fake::new();
     writer.identify(&s.hub, "w", None);
-    let rec = sign_record(
-        &NodeKey::generate(KeyScheme::P256),
-        "k",
-        &json!(2),
-        now_ms(),
-    );
-    let mut frame = put_frame("p", vec![], &rec);
-    frame.conn = writer.conn;
-    s.hub.do_send(frame);
+    put_new_record(&s, &writer, "k", json!(2));
     new.wait("push on the new connection", |v| v["type"] == "put")
         .await;
     assert_eq!(old.count(|v| v["type"] == "put"), 0);
@@ -312,15 +306,7 @@ async fn subscriptions_of_clients_gone_past_the_grace_period_are_dropped() {
     new.identify_client(&s.hub, &client);
     let writer = Fake::new();
     writer.identify(&s.hub, "w", None);
-    let rec = sign_record(
-        &NodeKey::generate(KeyScheme::P256),
-        "k",
-        &json!(3),
-        now_ms(),
-    );
-    let mut frame = put_frame("p", vec![], &rec);
-    frame.conn = writer.conn;
-    s.hub.do_send(frame);
+    put_new_record(&s, &writer, "k", json!(3));
     // The put is stored (a get answers it) but not pushed: the subscription is gone.
     for i in 0..200 {
         if new.count(|v| v["id"].as_str().is_some_and(|id| id.starts_with("get-"))) > 0 {
@@ -376,7 +362,7 @@ async fn a_relayed_get_is_answered_to_the_client_that_asked() {
         &json!("x"),
         now_ms(),
     );
-    let mut answer = put_frame("g1", vec![k.client_id().into()], &rec);
+    let mut answer = put_frame(0, "g1", vec![k.client_id().into()], &rec);
     answer.conn = server.conn;
     s.hub.do_send(answer);
     let got = client.wait("answer", |v| v["id"] == "g1").await;
@@ -419,9 +405,8 @@ async fn a_subscriber_that_does_not_read_is_closed_and_the_others_are_served() {
     let t0 = now_ms();
     for i in 0..30u64 {
         let rec = sign_record(&author, "k", &json!("x".repeat(200)), t0 + i);
-        let mut frame = put_frame(&format!("p{i}"), vec![], &rec);
-        frame.conn = writer.conn;
-        s.hub.do_send(frame);
+        s.hub
+            .do_send(put_frame(writer.conn, &format!("p{i}"), vec![], &rec));
     }
     // Never read: its outbox passes the limit and it is closed.
     let mut reason = None;
@@ -480,8 +465,7 @@ async fn a_clients_credit_waits_while_a_server_link_is_congested() {
         &json!(1),
         now_ms(),
     );
-    let mut frame = put_frame("p1", vec![], &rec);
-    frame.conn = writer.conn;
+    let mut frame = put_frame(writer.conn, "p1", vec![], &rec);
     frame.credit = window.take(rec.raw().len()).await;
     s.hub.do_send(frame);
     // The relay fills the server's outbox past its high water...
