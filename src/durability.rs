@@ -12,6 +12,10 @@
 //! (It once held the database only weakly, upgrading it for each flush: a
 //! drop during a flush left the flusher with the last handle, and a reopen
 //! right after failed on sled's lock about one run in five.)
+//!
+//! Even then sled's own background I/O jobs hold the locked file a little
+//! longer than the last `Db` (its source says so; under CI load, for tens of
+//! ms), so `open_database` waits a bounded time for the lock.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -19,6 +23,33 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+/// How long `open_database` waits for sled's lock: enough for sled's
+/// background jobs of a dropped handle in this process; far too short to
+/// hide another process using the directory.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens the sled database at `path`, waiting (polling, up to `LOCK_WAIT`)
+/// while its lock is held, as it briefly is after a drop in this process.
+pub fn open_database(path: &std::path::Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::open(path) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                return Err(sled::Error::Io(std::io::Error::other(format!(
+                    "{e}; is another tooldb-node using this data dir?"
+                ))));
+            }
+            other => return other,
+        }
+    }
+}
 
 struct Inner {
     /// Writes begun so far: anything a read can see was begun before it ended.
@@ -195,7 +226,7 @@ mod tests {
         // Many rounds, as the old race lost about one in five.
         let dir = tempfile::tempdir().unwrap();
         for i in 0..50u32 {
-            let db = sled::open(dir.path()).expect("the lock is free again");
+            let db = open_database(dir.path()).expect("the lock is free again");
             let d = Durability::start(db.clone());
             {
                 let _w = d.write();
@@ -203,7 +234,17 @@ mod tests {
             }
             drop((d, db));
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_database(dir.path()).unwrap();
         assert_eq!(db.len(), 50);
+    }
+
+    #[test]
+    fn a_database_held_open_is_a_clear_error_after_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = sled::open(dir.path()).unwrap();
+        // sled's lock is per open file description, so a second open in this
+        // process conflicts as another process would.
+        let err = open_database(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("another tooldb-node"), "{err}");
     }
 }

@@ -149,7 +149,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         config.key_scheme,
     )?);
     let db_path = data_dir.join(DB_DIR);
-    let db = sled::open(&db_path).map_err(|source| StartError::Db {
+    let db = crate::durability::open_database(&db_path).map_err(|source| StartError::Db {
         path: db_path.display().to_string(),
         source,
     })?;

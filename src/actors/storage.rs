@@ -482,10 +482,11 @@ mod tests {
         let k = NodeKey::generate(KeyScheme::P256);
         let r = sign_record(&k, "kept", &json!({"a": 1}), now_ms());
         {
-            let s = Storage::new(sled::open(dir.path()).unwrap(), true).unwrap();
+            let s =
+                Storage::new(crate::durability::open_database(dir.path()).unwrap(), true).unwrap();
             s.store(r.clone()).unwrap();
         }
-        let s = Storage::new(sled::open(dir.path()).unwrap(), true).unwrap();
+        let s = Storage::new(crate::durability::open_database(dir.path()).unwrap(), true).unwrap();
         assert_eq!(s.get("kept").unwrap().unwrap().raw(), r.raw());
     }
 }
