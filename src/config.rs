@@ -89,6 +89,12 @@ pub struct Limits {
     pub max_known_servers: usize,
     /// Servers a pong lists besides ourselves (connected ones first).
     pub pong_max_servers: usize,
+    /// Longest key accepted in a request or record, bytes.
+    pub max_key_bytes: usize,
+    /// Bytes all subscriptions together may hold (keys and client ids).
+    pub max_subscription_bytes: usize,
+    /// Listed server records one connection may have verified per minute.
+    pub listed_verifications_per_minute: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,6 +172,9 @@ impl Default for Limits {
             max_gone_clients: 10_000,
             max_known_servers: 256,
             pong_max_servers: 32,
+            max_key_bytes: 1024,
+            max_subscription_bytes: 64 << 20,
+            listed_verifications_per_minute: 256,
         }
     }
 }

@@ -99,11 +99,8 @@ fn stores_that_diverged_converge_on_the_winners() {
 #[test]
 fn records_arriving_by_reconciliation_are_verified() {
     let node = NodeProc::start(&[]);
-    let mut fake = RawPeer::connect(node.port);
-    let mut ping = fake.ping_frame(true, TOPIC, now_ms());
-    ping["ext"] = json!({"reconcile": 1});
-    fake.send(&ping);
-    let pong = fake.expect("pong", |m| m["type"] == "pong");
+    node.wait_healthy();
+    let (mut fake, pong) = RawPeer::proved_server(&node, json!({"reconcile": 1}));
     assert_eq!(
         pong["ext"]["reconcile"], 1,
         "we offer the extension to servers: {pong}"

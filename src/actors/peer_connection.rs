@@ -170,8 +170,21 @@ impl PeerConnection {
         let topic = self.services.config.topic.clone();
         let claimed = pong.client_id.clone();
         let reconcile = Extensions::reconciles(&pong.ext);
+        // Its own record, and at most a pong's worth of others: a dialed
+        // peer's junk list costs bounded signature checks.
+        let cap = self.services.config.limits.pong_max_servers;
+        let (own, others): (Vec<_>, Vec<_>) = pong.servers.into_iter().partition(|v| {
+            v.get("address")
+                .and_then(|a| a.as_str())
+                .is_some_and(|a| a.ends_with(claimed.as_str()))
+        });
+        let servers: Vec<_> = own
+            .into_iter()
+            .take(1)
+            .chain(others.into_iter().take(cap))
+            .collect();
         ctx.spawn(
-            async move { crypto.send(VerifyServers { servers: pong.servers, topic }).await }
+            async move { crypto.send(VerifyServers { servers, topic }).await }
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     let servers = res.unwrap_or_default();

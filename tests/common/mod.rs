@@ -434,3 +434,75 @@ pub fn scenario(name: &str, args: &[&str]) -> Value {
     serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("scenario {name} printed {stdout:?}: {e}"))
 }
+
+impl RawPeer {
+    /// Connects as a server the node can prove: a listener on a free port
+    /// answers the node's dial with this peer's identity (the node trusts
+    /// an inbound `isServer` ping only then), and the key is one whose
+    /// address sorts below the node's, so the node keeps this inbound link
+    /// rather than its own dial. `ext` goes into the ping. Returns the
+    /// peer, once the node lists it as a connected server, and the pong.
+    pub fn proved_server(node: &NodeProc, ext: Value) -> (RawPeer, Value) {
+        let node_address = node.peers()["self"]["address"]
+            .as_str()
+            .expect("the node's address")
+            .to_owned();
+        let key = (0..1000)
+            .map(|_| NodeKey::generate(KeyScheme::Secp256k1))
+            .find(|k| k.address() < node_address.as_str())
+            .expect("a key sorting below the node's");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let me = key.client_id().to_owned();
+        let t0 = now_ms();
+        // Records for the node's dials, signed ahead (the key stays ours).
+        let records: Vec<Value> = (1..=8)
+            .map(|i| {
+                serde_json::to_value(Peer::sign(&key, TOPIC, "127.0.0.1", port, t0 + i)).unwrap()
+            })
+            .collect();
+        std::thread::spawn(move || {
+            for (stream, record) in listener.incoming().flatten().zip(records) {
+                let me = me.clone();
+                std::thread::spawn(move || {
+                    let Ok(mut ws) = tungstenite::accept(stream) else {
+                        return;
+                    };
+                    while let Ok(msg) = ws.read() {
+                        let Message::Text(text) = msg else { continue };
+                        let Ok(m) = serde_json::from_str::<Value>(&text) else {
+                            continue;
+                        };
+                        if m["type"] == "ping" {
+                            let pong = json!({"type":"pong","id":m["id"],"to":[me],"clientId":me,
+                                              "isServer":true,"servers":[record]});
+                            if ws.send(Message::text(pong.to_string())).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let mut p = RawPeer::connect_with(node.port, key);
+        let peer = Peer::sign(&p.key, &p.topic, "127.0.0.1", port, t0 + 100);
+        let mut ping = json!({"type":"ping","id":new_message_id(),"to":[p.client_id],
+               "clientId":p.client_id,"isServer":true,"peer":peer});
+        ping["ext"] = ext;
+        p.send(&ping);
+        let pong = p.expect("pong", |m| m["type"] == "pong");
+        let address = p.key.address().to_owned();
+        wait_for(
+            "the node to prove the server",
+            Duration::from_secs(15),
+            || {
+                node.peers()["servers"]
+                    .as_array()?
+                    .iter()
+                    .any(|s| s["address"] == address.as_str() && s["state"] == "connected")
+                    .then_some(())
+            },
+        );
+        (p, pong)
+    }
+}

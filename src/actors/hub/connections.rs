@@ -19,6 +19,40 @@ pub struct Conn {
     /// Served under an id of ours: its state ends with its socket.
     pub anonymous: bool,
     pub invalid_records: u32,
+    /// Its verified ping's peer-record timestamp (inbound, verified).
+    pub peer_timestamp: Option<u64>,
+    /// It pinged as a server, not yet proved by a dial of ours.
+    pub claim: Option<Claim>,
+    pub listed: ListedBudget,
+}
+
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub peer: crate::peer::Peer,
+    pub reconcile: bool,
+}
+
+/// Listed server records one connection had us verify in the current minute.
+#[derive(Debug, Default)]
+pub struct ListedBudget {
+    pub since: Option<std::time::Instant>,
+    pub used: u32,
+}
+
+impl ListedBudget {
+    /// Takes up to `want` of `per_minute`; returns how many it may verify.
+    pub fn take(&mut self, want: usize, per_minute: u32, now: std::time::Instant) -> usize {
+        let fresh = self
+            .since
+            .is_none_or(|s| now.duration_since(s) >= std::time::Duration::from_secs(60));
+        if fresh {
+            self.since = Some(now);
+            self.used = 0;
+        }
+        let n = want.min(per_minute.saturating_sub(self.used) as usize);
+        self.used += n as u32;
+        n
+    }
 }
 
 /// What closing a connection left of its client.
@@ -81,6 +115,19 @@ impl Connections {
             }
         };
         Some((conn, left))
+    }
+
+    /// Makes a claimed server link a server link; returns the claim.
+    pub fn promote(&mut self, id: ConnId) -> Option<Claim> {
+        let conn = self.conns.get_mut(&id)?;
+        let claim = conn.claim.take()?;
+        conn.is_server = true;
+        conn.reconcile = claim.reconcile;
+        conn.address = Some(claim.peer.address.clone());
+        if self.by_client.get(&conn.client_id) == Some(&id) {
+            self.servers.insert(conn.client_id.clone());
+        }
+        Some(claim)
     }
 
     pub fn get(&self, id: ConnId) -> Option<&Conn> {

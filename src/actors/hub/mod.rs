@@ -42,7 +42,7 @@ use serde_json::{json, Value};
 
 use crate::actors::crypto::Crypto;
 use crate::actors::storage::Storage;
-use crate::bounded::BoundedSet;
+use crate::bounded::{BoundedSet, ExpiringMap};
 use crate::config::Limits;
 use crate::durability::Durability;
 use crate::flow::{Credit, OutboxError};
@@ -55,7 +55,7 @@ use crate::messages::wire::*;
 use crate::peer::Peer;
 use crate::record::{Record, RecordError};
 
-use connections::{Conn, Connections, Left};
+use connections::{Claim, Conn, Connections, Left, ListedBudget};
 use pending::{Pending, PendingRequests};
 use pipeline::{Batched, Fanout, Pipeline, Step};
 use relay::{digest, relay_to, SentMemory};
@@ -109,6 +109,13 @@ enum Work {
     Query(KeyRequest),
 }
 
+/// The largest answer a Tool Db client accepts (its websocket library's
+/// default frame limit), whatever our own `max_frame_bytes` is.
+/// Client ids whose newest ping is remembered (against replays), ~100 B each.
+const PINGS_REMEMBERED: usize = 100_000;
+
+const QUERY_ANSWER_BYTES: usize = 1 << 20;
+
 pub struct Hub {
     settings: HubSettings,
     storage: Addr<Storage>,
@@ -122,6 +129,8 @@ pub struct Hub {
     sent: SentMemory,
     pending: PendingRequests,
     servers: KnownServers,
+    /// The newest peer-record timestamp seen per client id, for replays.
+    pings_seen: ExpiringMap<String, u64>,
     /// Each connection's puts in flight; kept past its close until done,
     /// so a verified write is stored even if its sender left.
     pipelines: HashMap<ConnId, Pipeline<Job>>,
@@ -149,7 +158,11 @@ impl Hub {
         let processed = BoundedSet::new(l.processed_ids);
         let sent = SentMemory::new(l.sent_hashes_per_client);
         let pending = PendingRequests::new(Duration::from_millis(l.pending_request_ms));
-        let subs = Subscriptions::new(l.max_subscriptions_per_client, l.max_gone_clients);
+        let subs = Subscriptions::new(
+            l.max_subscriptions_per_client,
+            l.max_gone_clients,
+            l.max_subscription_bytes,
+        );
         let servers = KnownServers::new(l.max_known_servers, l.pong_max_servers);
         let mut functions: HashMap<&'static str, ServerFunction> = HashMap::new();
         functions.insert("peers", fn_peers);
@@ -164,6 +177,7 @@ impl Hub {
             sent,
             pending,
             servers,
+            pings_seen: ExpiringMap::new(PINGS_REMEMBERED),
             pipelines: HashMap::new(),
             congested: HashSet::new(),
             deferred: Vec::new(),
@@ -329,6 +343,37 @@ impl Hub {
                 "more than {max} records failed verification"
             )));
         }
+    }
+
+    /// Answers a request refused at a limit: a log line, and an `error`
+    /// frame naming the limit. It has a fresh id and names the request in
+    /// `re`: Tool Db clients ignore unknown types, and a frame with the
+    /// request's own id would consume their listener for it.
+    fn refuse(&mut self, conn: ConnId, kind: &str, request_id: &str, error: &str) {
+        let client = self.conns.get(conn).map(|c| c.client_id.clone());
+        tracing::info!(conn, client = ?client, request = kind, error, "refused a request");
+        let frame = serde_json::json!({
+            "type": "error",
+            "id": new_message_id(),
+            "to": self.own_to(),
+            "re": request_id,
+            "request": kind,
+            "error": error,
+        });
+        self.send_to_conn(conn, frame.to_string().into());
+    }
+
+    /// The key a request or record names, if it is longer than allowed.
+    fn key_too_long(&self, msg: &WireMessage) -> Option<usize> {
+        let key = match msg {
+            WireMessage::Get(r)
+            | WireMessage::CrdtGet(r)
+            | WireMessage::Subscribe(r)
+            | WireMessage::Query(r) => &r.key,
+            WireMessage::Put(p) | WireMessage::CrdtPut(p) => &p.data.key,
+            _ => return None,
+        };
+        (key.len() > self.settings.limits.max_key_bytes).then_some(key.len())
     }
 
     fn send_pong(&mut self, conn: ConnId, ping_id: &str) {
@@ -577,8 +622,13 @@ impl Hub {
             Work::Put { .. } => self.release(credit, from_server),
             Work::Get { req, crdt } => self.on_get(conn, sender, req, crdt, credit, ctx),
             Work::Subscribe(req) => {
-                if let Err(e) = self.subs.subscribe(&sender, &req.key) {
-                    tracing::info!(error = %e, key_bytes = req.key.len(), "refused a subscription");
+                match self.subs.subscribe(&sender, &req.key) {
+                    Ok(forgotten) => {
+                        for client in forgotten {
+                            self.sent.forget(&client);
+                        }
+                    }
+                    Err(e) => self.refuse(conn, "subscribe", &req.id, &e.to_string()),
                 }
                 // Tool Db answers a subscribe with a `put` whatever the record.
                 self.read_and_answer(conn, sender, &req, "put", |_| {}, credit, ctx);
@@ -677,12 +727,8 @@ impl Hub {
                 .map(move |res, act, _| {
                     match res {
                         Ok(Ok(keys)) => {
-                            let ack = WireMessage::QueryAck(QueryAck {
-                                id: req.id,
-                                to: act.own_to(),
-                                keys,
-                            });
-                            act.send_to_conn(conn, ack.to_text().into());
+                            let text = act.query_ack(&req, keys);
+                            act.send_to_conn(conn, text.into());
                         }
                         Ok(Err(e)) => tracing::error!(error = %e, "query failed"),
                         Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
@@ -692,15 +738,58 @@ impl Hub {
         );
     }
 
+    /// A `queryAck` that fits in one frame a client accepts: keys past
+    /// that are left out, and the answer says so (`truncated`, ignored by
+    /// Tool Db clients, which drop a second answer with the same id, so
+    /// splitting it would lose the rest anyway).
+    fn query_ack(&self, req: &KeyRequest, mut keys: Vec<String>) -> String {
+        let limit = self.settings.limits.max_frame_bytes.min(QUERY_ANSWER_BYTES);
+        // Each key costs its JSON text plus a comma; 512 bytes for the rest.
+        let mut size = 512 + req.id.len();
+        let fits = keys
+            .iter()
+            .position(|k| {
+                size += serde_json::to_string(k).map_or(usize::MAX / 2, |t| t.len()) + 1;
+                size > limit
+            })
+            .unwrap_or(keys.len());
+        let truncated = fits < keys.len();
+        if truncated {
+            tracing::info!(
+                prefix_bytes = req.key.len(),
+                keys = keys.len(),
+                sent = fits,
+                "query answer cut to fit one frame"
+            );
+            keys.truncate(fits);
+        }
+        let ack = WireMessage::QueryAck(QueryAck {
+            id: req.id.clone(),
+            to: self.own_to(),
+            keys,
+        });
+        if !truncated {
+            return ack.to_text();
+        }
+        let mut v: Value = serde_json::from_str(&ack.to_text()).expect("our own JSON");
+        v["truncated"] = Value::Bool(true);
+        v.to_string()
+    }
+
     fn on_function(&mut self, conn: ConnId, call: FunctionCall) {
         let (code, value) = match self.functions.get(call.function.as_str()) {
             Some(f) => match f(self, &call.args) {
                 Ok(v) => ("OK", v),
                 Err(e) => ("ERR", Value::String(e)),
             },
+            // Names at most 64 characters of what was asked: an answer
+            // never echoes a caller's bytes back (amplification).
             None => (
                 "NOT_FOUND",
-                Value::String(format!("no server function {:?}", call.function)),
+                Value::String(format!(
+                    "no server function {:?}",
+                    call.function.chars().take(64).collect::<String>()
+                )),
             ),
         };
         let reply = WireMessage::FunctionReturn(FunctionReturn {
@@ -713,15 +802,46 @@ impl Hub {
     }
 
     /// Verifies the servers a pong lists; the pong's credit is held until
-    /// then (so a peer flooding pongs waits for its own verification).
-    fn on_pong(&mut self, pong: Pong, credit: Credit, ctx: &mut Context<Self>) {
+    /// then (so a peer flooding pongs waits for its own verification). Only
+    /// news is verified (unknown or newer records), at most a pong's worth,
+    /// within the connection's per-minute budget: a junk list costs bounded
+    /// CPU.
+    fn on_pong(&mut self, conn: ConnId, pong: Pong, credit: Credit, ctx: &mut Context<Self>) {
+        let cap = self.settings.limits.pong_max_servers + 1;
+        let mut news: Vec<Value> = pong
+            .servers
+            .into_iter()
+            .filter(|v| {
+                let address = v.get("address").and_then(Value::as_str).unwrap_or("");
+                let ts = v.get("timestamp").and_then(Value::as_u64).unwrap_or(0);
+                address != self.settings.address && self.servers.is_news(address, ts)
+            })
+            .take(cap)
+            .collect();
+        let per_minute = self.settings.limits.listed_verifications_per_minute;
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        let allowed = c.listed.take(news.len(), per_minute, Instant::now());
+        if allowed < news.len() {
+            tracing::debug!(
+                conn,
+                listed = news.len(),
+                allowed,
+                "listed servers over the verification budget"
+            );
+            news.truncate(allowed);
+        }
+        if news.is_empty() {
+            return;
+        }
         let crypto = self.crypto.clone();
         let topic = self.settings.topic.clone();
         ctx.spawn(
             async move {
                 crypto
                     .send(VerifyServers {
-                        servers: pong.servers,
+                        servers: news,
                         topic,
                     })
                     .await
@@ -800,22 +920,46 @@ impl Handler<ConnectionIdentified> for Hub {
             ));
             return;
         }
+        if let Some(refusal) = self.replayed_identity(&msg) {
+            tracing::info!(conn = msg.conn, client = %msg.client_id, reason = %refusal, "refused a ping");
+            msg.handle.close.do_send(CloseConnection::policy(refusal));
+            return;
+        }
+        // A server is trusted as one once its record's endpoint answered a
+        // dial of ours; an inbound ping that merely claims `isServer` is
+        // served as a client meanwhile, and its endpoint is dialed.
+        let verified_server = msg.is_server
+            && msg
+                .peer
+                .as_ref()
+                .is_some_and(|p| msg.outbound || self.servers.is_verified(&p.address));
+        let claim = (msg.is_server && !verified_server)
+            .then(|| msg.peer.clone())
+            .flatten();
         tracing::info!(
             client = %msg.client_id,
-            server = msg.is_server,
+            server = verified_server,
+            claims_server = claim.is_some(),
             outbound = msg.outbound,
             "peer identified"
         );
-        if msg.is_server {
+        if verified_server {
             if let Some(peer) = msg.peer.clone() {
-                self.learn_server(peer);
+                self.learn_server(peer.clone());
+                if msg.outbound {
+                    self.servers.mark_verified(&peer.address);
+                }
             }
         }
         for peer in &msg.servers {
             self.learn_server(peer.clone());
         }
-        self.report_listed(msg.servers);
-        if let (true, Some(peer), Some(r)) = (msg.is_server, &msg.peer, &self.registry) {
+        let mut listed = msg.servers;
+        if let Some(peer) = &claim {
+            listed.push(peer.clone());
+        }
+        self.report_listed(listed);
+        if let (true, Some(peer), Some(r)) = (verified_server, &msg.peer, &self.registry) {
             r.connected.do_send(ServerConnected {
                 conn: msg.conn,
                 outbound: msg.outbound,
@@ -827,27 +971,109 @@ impl Handler<ConnectionIdentified> for Hub {
         // A peer that pings again may have lost what it had (Tool Db resets too).
         self.sent.forget(&msg.client_id);
         let anonymous = msg.peer.is_none();
+        let address = msg
+            .peer
+            .as_ref()
+            .filter(|_| verified_server)
+            .map(|p| p.address.clone());
+        let trusted_address = address.clone();
         self.conns.insert(
             msg.conn,
             Conn {
                 handle: msg.handle,
                 client_id: msg.client_id,
-                address: msg
-                    .peer
-                    .as_ref()
-                    .filter(|_| msg.is_server)
-                    .map(|p| p.address.clone()),
-                reconcile: msg.is_server && msg.reconcile,
-                is_server: msg.is_server,
+                address,
+                reconcile: verified_server && msg.reconcile,
+                is_server: verified_server,
                 outbound: msg.outbound,
                 anonymous,
                 invalid_records: 0,
+                peer_timestamp: msg.peer.as_ref().map(|p| p.timestamp),
+                claim: claim.map(|peer| Claim {
+                    peer,
+                    reconcile: msg.reconcile,
+                }),
+                listed: ListedBudget::default(),
             },
         );
         if let Some(ping_id) = msg.ping_id {
             self.send_pong(msg.conn, &ping_id);
         }
         self.maybe_reconcile(msg.conn, ctx);
+        if let (true, Some(address)) = (msg.outbound, trusted_address) {
+            self.promote_claims(&address, ctx);
+        }
+    }
+}
+
+impl Hub {
+    /// Why an inbound ping must be refused as a replay: its peer record is
+    /// not newer than one already seen for its client id (Tool Db clients
+    /// sign a fresh record for every ping, as do we), so a record copied
+    /// off the wire cannot take over a client's subscriptions.
+    fn replayed_identity(&mut self, msg: &ConnectionIdentified) -> Option<String> {
+        let peer = msg.peer.as_ref().filter(|_| !msg.outbound)?;
+        let now = Instant::now();
+        let open = self
+            .conns
+            .of_client(&msg.client_id)
+            .and_then(|id| self.conns.get(id))
+            .and_then(|c| c.peer_timestamp);
+        let seen = self.pings_seen.get(&msg.client_id, now).copied();
+        let newest = open.max(seen);
+        if newest.is_some_and(|n| peer.timestamp <= n) {
+            return Some(if open.is_some() {
+                format!(
+                    "client {} is connected: a second connection needs a newer signed peer record",
+                    msg.client_id
+                )
+            } else {
+                format!(
+                    "replayed peer record: a newer or the same one of client {} was seen",
+                    msg.client_id
+                )
+            });
+        }
+        // Kept while a record could still pass the ping window.
+        let keep = Duration::from_millis(2 * self.settings.limits.ping_window_ms);
+        self.pings_seen
+            .insert(msg.client_id.clone(), peer.timestamp, now + keep, now);
+        None
+    }
+
+    /// An outbound link proved `address`: inbound links that claimed to be
+    /// it become server links (the registry then keeps one of the pair).
+    fn promote_claims(&mut self, address: &str, ctx: &mut Context<Self>) {
+        let claims: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.claim
+                    .as_ref()
+                    .is_some_and(|cl| cl.peer.address == address)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in claims {
+            let Some(claim) = self.conns.promote(id) else {
+                continue;
+            };
+            tracing::info!(
+                conn = id,
+                address,
+                "an inbound server link is verified by our dial"
+            );
+            self.learn_server(claim.peer.clone());
+            if let Some(r) = &self.registry {
+                r.connected.do_send(ServerConnected {
+                    conn: id,
+                    outbound: false,
+                    endpoint: None,
+                    peer: claim.peer,
+                });
+            }
+            self.maybe_reconcile(id, ctx);
+        }
     }
 }
 
@@ -871,6 +1097,14 @@ impl Handler<FrameReceived> for Hub {
                 return;
             }
         }
+        if let Some(len) = self.key_too_long(&m) {
+            let error = format!(
+                "key of {len} bytes: longer than max_key_bytes = {}",
+                self.settings.limits.max_key_bytes
+            );
+            self.refuse(conn, m.kind(), m.id(), &error);
+            return;
+        }
         let job = |work, credit| Job {
             sender,
             from_server,
@@ -879,7 +1113,7 @@ impl Handler<FrameReceived> for Hub {
         };
         match m {
             WireMessage::Ping(p) => self.send_pong(conn, &p.id),
-            WireMessage::Pong(p) => self.on_pong(p, credit, ctx),
+            WireMessage::Pong(p) => self.on_pong(conn, p, credit, ctx),
             WireMessage::Reconcile(r) => self.on_reconcile(conn, r, credit, ctx),
             WireMessage::Function(f) => self.on_function(conn, f),
             WireMessage::Put(p) => self.on_put(conn, p, false, |w| job(w, credit), ctx),
@@ -1018,10 +1252,18 @@ impl Handler<CloseAll> for Hub {
     }
 }
 
+/// A freshly signed record for each dial: a peer refuses a ping whose
+/// record is not newer than one it saw (replay protection).
 impl Handler<GetSelfPeer> for Hub {
-    type Result = MessageResult<GetSelfPeer>;
+    type Result = ResponseFuture<Peer>;
     fn handle(&mut self, _: GetSelfPeer, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.self_peer.clone())
+        let req = SignPeer {
+            topic: self.settings.topic.clone(),
+            host: self.settings.host.clone(),
+            port: self.settings.port,
+        };
+        let (crypto, fallback) = (self.crypto.clone(), self.self_peer.clone());
+        Box::pin(async move { crypto.send(req).await.unwrap_or(fallback) })
     }
 }
 

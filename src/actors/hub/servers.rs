@@ -3,7 +3,9 @@
 //! record of a server that is not connected. A pong lists at most
 //! `listed` of them, the connected ones first, so a pong can never grow
 //! past what a peer parses (a list poisoned with junk records cannot cut
-//! our servers off from each other).
+//! our servers off from each other). And it lists only servers that are
+//! connected or once answered our own dial with their signed record: a
+//! record merely passed on in someone's pong is dialed, not passed on.
 
 use std::collections::{HashMap, HashSet};
 
@@ -11,6 +13,8 @@ use crate::peer::Peer;
 
 pub struct KnownServers {
     by_address: HashMap<String, Peer>,
+    /// Addresses whose endpoint answered a dial of ours (a subset of the keys).
+    verified: HashSet<String>,
     cap: usize,
     listed: usize,
 }
@@ -28,6 +32,7 @@ impl KnownServers {
     pub fn new(cap: usize, listed: usize) -> Self {
         KnownServers {
             by_address: HashMap::new(),
+            verified: HashSet::new(),
             cap: cap.max(1),
             listed,
         }
@@ -52,6 +57,7 @@ impl KnownServers {
             match oldest {
                 Some(a) => {
                     self.by_address.remove(&a);
+                    self.verified.remove(&a);
                 }
                 None => return Learned::Dropped,
             }
@@ -60,10 +66,33 @@ impl KnownServers {
         Learned::New
     }
 
+    /// The server at `address` answered a dial of ours with its record.
+    pub fn mark_verified(&mut self, address: &str) {
+        if self.by_address.contains_key(address) {
+            self.verified.insert(address.to_owned());
+        }
+    }
+
+    pub fn is_verified(&self, address: &str) -> bool {
+        self.verified.contains(address)
+    }
+
+    /// Whether a listed record is news: unknown, or newer than the one kept.
+    pub fn is_news(&self, address: &str, timestamp: u64) -> bool {
+        self.by_address
+            .get(address)
+            .is_none_or(|p| p.timestamp < timestamp)
+    }
+
     /// The servers a pong lists after our own record: connected ones
-    /// first, then the most recently signed, at most `listed`.
+    /// first, then the most recently signed of those that answered a dial,
+    /// at most `listed`.
     pub fn pong_list(&self, connected: &HashSet<String>) -> Vec<&Peer> {
-        let mut all: Vec<&Peer> = self.by_address.values().collect();
+        let mut all: Vec<&Peer> = self
+            .by_address
+            .values()
+            .filter(|p| connected.contains(p.client_id()) || self.verified.contains(&p.address))
+            .collect();
         all.sort_by_key(|p| {
             (
                 !connected.contains(p.client_id()),
@@ -110,12 +139,29 @@ mod tests {
         let none = HashSet::new();
         let old = peer(1);
         s.learn(old.clone(), &none);
-        s.learn(peer(5), &none);
-        s.learn(peer(9), &none);
+        for ts in [5, 9] {
+            let p = peer(ts);
+            s.learn(p.clone(), &none);
+            s.mark_verified(&p.address);
+        }
         let connected: HashSet<String> = [old.client_id().to_owned()].into();
         let list = s.pong_list(&connected);
         assert_eq!(list.len(), 2);
         assert_eq!(list[0].address, old.address);
         assert_eq!(list[1].timestamp, 9);
+    }
+
+    #[test]
+    fn a_pong_lists_no_record_that_never_answered_a_dial() {
+        let mut s = KnownServers::new(10, 10);
+        let none = HashSet::new();
+        let (heard, dialed) = (peer(7), peer(3));
+        s.learn(heard.clone(), &none);
+        s.learn(dialed.clone(), &none);
+        s.mark_verified(&dialed.address);
+        let list = s.pong_list(&none);
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].address, dialed.address);
+        assert!(!s.is_news(&heard.address, 7) && s.is_news(&heard.address, 8));
     }
 }

@@ -5,7 +5,10 @@
 //! `max_per_client` subscriptions (more are refused); an anonymous client's
 //! subscriptions end with its socket (no one can come back as it); a
 //! verified client gone longer than the grace period is forgotten, and at
-//! most `max_gone` gone clients are remembered (the oldest go first).
+//! most `max_gone` gone clients are remembered (the oldest go first); all
+//! subscriptions together hold at most `max_bytes` (keys, client ids and
+//! their entries): past it the clients gone longest are forgotten, and if
+//! only connected clients are left, a new subscription is refused.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -14,6 +17,14 @@ use std::time::{Duration, Instant};
 pub enum SubscribeError {
     #[error("client {client} already holds the most subscriptions allowed ({max})")]
     TooMany { client: String, max: usize },
+    #[error("the node's subscriptions are full (max_subscription_bytes = {max})")]
+    Full { max: usize },
+}
+
+/// What one subscription costs: its key and client id, twice indexed, plus
+/// the entries' overhead.
+fn cost(client: &str, key: &str) -> usize {
+    2 * (client.len() + key.len()) + 96
 }
 
 pub struct Subscriptions {
@@ -23,10 +34,12 @@ pub struct Subscriptions {
     gone_order: VecDeque<(Instant, String)>,
     max_per_client: usize,
     max_gone: usize,
+    max_bytes: usize,
+    bytes: usize,
 }
 
 impl Subscriptions {
-    pub fn new(max_per_client: usize, max_gone: usize) -> Self {
+    pub fn new(max_per_client: usize, max_gone: usize, max_bytes: usize) -> Self {
         Subscriptions {
             by_key: HashMap::new(),
             by_client: HashMap::new(),
@@ -34,25 +47,58 @@ impl Subscriptions {
             gone_order: VecDeque::new(),
             max_per_client: max_per_client.max(1),
             max_gone,
+            max_bytes,
+            bytes: 0,
         }
     }
 
-    pub fn subscribe(&mut self, client: &str, key: &str) -> Result<(), SubscribeError> {
-        let keys = self.by_client.entry(client.to_owned()).or_default();
-        if !keys.contains(key) {
-            if keys.len() >= self.max_per_client {
-                return Err(SubscribeError::TooMany {
-                    client: client.to_owned(),
-                    max: self.max_per_client,
+    /// Forgets the clients gone longest until `need` more bytes fit.
+    fn make_room(&mut self, need: usize) -> Result<Vec<String>, SubscribeError> {
+        let mut forgotten = vec![];
+        while self.bytes + need > self.max_bytes {
+            let Some((since, c)) = self.gone_order.pop_front() else {
+                return Err(SubscribeError::Full {
+                    max: self.max_bytes,
                 });
+            };
+            if self.gone_since.get(&c) == Some(&since) {
+                self.forget(&c);
+                forgotten.push(c);
             }
-            keys.insert(key.to_owned());
         }
+        Ok(forgotten)
+    }
+
+    /// Subscribes `client` to `key`; returns the gone clients forgotten to
+    /// make room.
+    pub fn subscribe(&mut self, client: &str, key: &str) -> Result<Vec<String>, SubscribeError> {
+        let held = self.by_client.get(client);
+        if held.is_some_and(|k| k.contains(key)) {
+            return Ok(vec![]);
+        }
+        if held.map_or(0, |k| k.len()) >= self.max_per_client {
+            return Err(SubscribeError::TooMany {
+                client: client.to_owned(),
+                max: self.max_per_client,
+            });
+        }
+        let forgotten = self.make_room(cost(client, key))?;
+        self.bytes += cost(client, key);
+        self.by_client
+            .entry(client.to_owned())
+            .or_default()
+            .insert(key.to_owned());
         self.by_key
             .entry(key.to_owned())
             .or_default()
             .insert(client.to_owned());
-        Ok(())
+        Ok(forgotten)
+    }
+
+    /// Bytes the subscriptions hold now (by the `cost` measure).
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Clients subscribed to `key`.
@@ -123,6 +169,7 @@ impl Subscriptions {
         self.gone_since.remove(client);
         if let Some(keys) = self.by_client.remove(client) {
             for key in keys {
+                self.bytes -= cost(client, &key);
                 if let Some(set) = self.by_key.get_mut(&key) {
                     set.remove(client);
                     if set.is_empty() {
@@ -145,7 +192,7 @@ mod tests {
 
     #[test]
     fn a_client_holds_at_most_its_cap() {
-        let mut s = Subscriptions::new(2, 10);
+        let mut s = Subscriptions::new(2, 10, 1 << 20);
         s.subscribe("c", "a").unwrap();
         s.subscribe("c", "b").unwrap();
         s.subscribe("c", "a").unwrap();
@@ -158,7 +205,7 @@ mod tests {
 
     #[test]
     fn anonymous_clients_are_forgotten_when_they_leave() {
-        let mut s = Subscriptions::new(10, 10);
+        let mut s = Subscriptions::new(10, 10, 1 << 20);
         s.subscribe("~anon~1", "k").unwrap();
         s.client_left("~anon~1", true, Instant::now());
         assert!(s.subscribers("k").is_empty());
@@ -166,7 +213,7 @@ mod tests {
 
     #[test]
     fn gone_clients_are_bounded_oldest_first_and_expire() {
-        let mut s = Subscriptions::new(10, 2);
+        let mut s = Subscriptions::new(10, 2, 1 << 20);
         let t0 = Instant::now();
         for (i, c) in ["a", "b", "c"].iter().enumerate() {
             s.subscribe(c, "k").unwrap();
@@ -180,5 +227,28 @@ mod tests {
         let expired = s.forget_expired(t0 + Duration::from_secs(100), Duration::from_secs(50));
         assert_eq!(expired, vec!["c".to_string()]);
         assert_eq!(s.subscribers("k"), vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn all_subscriptions_are_bounded_in_bytes_gone_clients_first() {
+        let one = cost("a", "k1");
+        let mut s = Subscriptions::new(100, 100, 3 * one);
+        s.subscribe("a", "k1").unwrap();
+        s.subscribe("b", "k1").unwrap();
+        s.subscribe("c", "k1").unwrap();
+        assert_eq!(s.bytes(), 3 * one);
+        // Full of connected clients: refused, nothing dropped.
+        assert!(matches!(
+            s.subscribe("d", "k1"),
+            Err(SubscribeError::Full { .. })
+        ));
+        // A gone client makes room: it goes first.
+        s.client_left("b", false, Instant::now());
+        assert_eq!(s.subscribe("d", "k1").unwrap(), vec!["b".to_string()]);
+        let mut subs = s.subscribers("k1");
+        subs.sort();
+        assert_eq!(subs, vec!["a", "c", "d"]);
+        s.forget("a");
+        assert_eq!(s.bytes(), 2 * one);
     }
 }

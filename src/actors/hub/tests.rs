@@ -57,14 +57,18 @@ impl Fake {
         }
     }
 
+    /// With a peer record: a server we dialed (so a verified one).
     fn identify(&self, hub: &Addr<Hub>, client_id: &str, peer: Option<Peer>) {
         let is_server = peer.is_some();
         self.identify_as(hub, client_id, peer, is_server);
     }
 
     /// A client whose ping record verified (not anonymous).
+    /// Each with a newer record, as a real client pings (replays are refused).
     fn identify_client(&self, hub: &Addr<Hub>, key: &NodeKey) {
-        let peer = Peer::sign(key, "t", "127.0.0.1", 8080, now_ms());
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let ts = now_ms() + SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let peer = Peer::sign(key, "t", "127.0.0.1", 8080, ts);
         self.identify_as(hub, key.client_id(), Some(peer), false);
     }
 
@@ -75,7 +79,7 @@ impl Fake {
             client_id: client_id.into(),
             is_server,
             peer,
-            outbound: false,
+            outbound: is_server,
             dialed: None,
             reconcile: false,
             ping_id: Some("ping".into()),
@@ -146,7 +150,8 @@ fn setup_with(limits: Limits) -> Setup {
 /// A fresh author's record of `value` at `key`, put from `writer`.
 fn put_new_record(s: &Setup, writer: &Fake, key: &str, value: serde_json::Value) -> Record {
     let rec = sign_record(&NodeKey::generate(KeyScheme::P256), key, &value, now_ms());
-    s.hub.do_send(put_frame(writer.conn, "p", vec![], &rec));
+    s.hub
+        .do_send(put_frame(writer.conn, &new_message_id(), vec![], &rec));
     rec
 }
 
@@ -498,4 +503,185 @@ async fn a_clients_credit_waits_while_a_server_link_is_congested() {
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(budget.available(), full);
+}
+
+impl Fake {
+    /// An inbound ping claiming `isServer`, with this record.
+    fn ping_as_server(&self, hub: &Addr<Hub>, peer: Peer) {
+        hub.do_send(ConnectionIdentified {
+            conn: self.conn,
+            handle: self.handle.clone(),
+            client_id: peer.client_id().into(),
+            is_server: true,
+            peer: Some(peer),
+            outbound: false,
+            dialed: None,
+            reconcile: false,
+            ping_id: Some("ping".into()),
+            servers: vec![],
+        });
+    }
+
+    /// An inbound client ping with this record.
+    fn ping_as_client(&self, hub: &Addr<Hub>, peer: Peer) {
+        let id = peer.client_id().to_owned();
+        self.identify_as(hub, &id, Some(peer), false);
+    }
+
+    async fn wait_closed(&self, what: &str) -> String {
+        for _ in 0..500 {
+            if let Some(r) = self.closed.lock().unwrap().clone() {
+                return r;
+            }
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("not closed: {what}");
+    }
+}
+
+#[actix::test]
+async fn a_replayed_ping_does_not_take_over_a_client() {
+    let s = setup();
+    let victim = NodeKey::generate(KeyScheme::P256);
+    let record = Peer::sign(&victim, "t", "127.0.0.1", 8080, now_ms());
+    let real = Fake::new();
+    real.ping_as_client(&s.hub, record.clone());
+    subscribe(&s, real.conn, "k");
+    // The same record on another socket while the first is open: refused.
+    let thief = Fake::new();
+    thief.ping_as_client(&s.hub, record.clone());
+    let reason = thief.wait_closed("replay while connected").await;
+    assert!(reason.contains("newer signed peer record"), "{reason}");
+    // Nor after the victim left: a record not newer than one seen is a replay.
+    s.hub.do_send(ConnectionClosed { conn: real.conn });
+    let thief2 = Fake::new();
+    thief2.ping_as_client(&s.hub, record.clone());
+    let reason = thief2.wait_closed("replay after the victim left").await;
+    assert!(reason.contains("replayed peer record"), "{reason}");
+    // The real client, pinging with a fresh record, gets its pushes.
+    let back = Fake::new();
+    back.ping_as_client(
+        &s.hub,
+        Peer::sign(&victim, "t", "127.0.0.1", 8080, record.timestamp + 1),
+    );
+    back.wait("pong", |v| v["type"] == "pong").await;
+    let writer = Fake::new();
+    writer.identify(&s.hub, "writer", None);
+    put_new_record(&s, &writer, "k", json!(1));
+    back.wait("push to the real client", |v| v["type"] == "put")
+        .await;
+    for f in [&thief, &thief2] {
+        f.read();
+        assert_eq!(f.count(|v| v["type"] == "put"), 0);
+    }
+}
+
+#[actix::test]
+async fn a_socket_claiming_to_be_a_server_is_not_relayed_to_until_a_dial_proves_it() {
+    let s = setup();
+    let k = NodeKey::generate(KeyScheme::P256);
+    let record = Peer::sign(&k, "t", "127.0.0.1", 7, now_ms());
+    let claimer = Fake::new();
+    claimer.ping_as_server(&s.hub, record.clone());
+    claimer.wait("pong", |v| v["type"] == "pong").await;
+    let writer = Fake::new();
+    writer.identify(&s.hub, "writer", None);
+    let first = put_new_record(&s, &writer, "k1", json!(1));
+    // Not a server yet: the pong lists it not, no relay reaches it.
+    let other = Fake::new();
+    other.identify(&s.hub, "other", None);
+    let pong = other.wait("pong", |v| v["type"] == "pong").await;
+    assert_eq!(pong["servers"].as_array().unwrap().len(), 1, "{pong}");
+    let snap = s.hub.send(GetPeers).await.unwrap();
+    assert!(snap.servers.is_empty(), "an unproved claim is not a server");
+    // Our dial to its endpoint answers with the same identity: proved.
+    let dialed = Fake::new();
+    dialed.identify(&s.hub, k.client_id(), Some(record.clone()));
+    let second = put_new_record(&s, &writer, "k2", json!(2));
+    dialed
+        .wait("relay on the dialed link", |v| {
+            v["type"] == "put" && v["data"]["h"] == second.hash.as_str()
+        })
+        .await;
+    claimer.read();
+    assert_eq!(
+        claimer.count(|v| v["type"] == "put" && v["data"]["h"] == first.hash.as_str()),
+        0,
+        "nothing was relayed to it while unproved"
+    );
+}
+
+#[actix::test]
+async fn junk_pong_lists_cost_a_bounded_number_of_verifications_and_are_not_passed_on() {
+    let s = setup_with(Limits {
+        listed_verifications_per_minute: 40,
+        ..Limits::default()
+    });
+    let attacker = Fake::new();
+    attacker.identify(&s.hub, "attacker", None);
+    let junk: Vec<Value> = (0..200)
+        .map(|i| {
+            let k = NodeKey::generate(KeyScheme::Secp256k1);
+            serde_json::to_value(Peer::sign(&k, "t", "10.0.0.1", 1000 + i, now_ms())).unwrap()
+        })
+        .collect();
+    for round in 0..5 {
+        s.hub.do_send(FrameReceived {
+            conn: attacker.conn,
+            credit: Credit::none(),
+            msg: WireMessage::Pong(Pong {
+                id: format!("x{round}"),
+                to: vec![],
+                client_id: "attacker".into(),
+                is_server: true,
+                servers: junk[round * 40..(round + 1) * 40].to_vec(),
+                ext: None,
+            }),
+        });
+    }
+    // Learned (for dialing) at most the budget's worth; listed: none.
+    let mut learned = 0;
+    for _ in 0..200 {
+        learned = s.hub.send(GetPeers).await.unwrap().servers.len();
+        if learned >= 40 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    // 33 of the first pong (a pong's worth), 7 of the second, then nothing.
+    assert_eq!(learned, 40, "the budget of 40 verifications a minute");
+    let newcomer = Fake::new();
+    newcomer.identify(&s.hub, "newcomer", None);
+    let pong = newcomer.wait("pong", |v| v["type"] == "pong").await;
+    assert_eq!(
+        pong["servers"].as_array().unwrap().len(),
+        1,
+        "only ourselves"
+    );
+}
+
+#[actix::test]
+async fn an_over_long_key_is_refused_with_an_error_naming_the_limit() {
+    let s = setup();
+    let c = Fake::new();
+    c.identify(&s.hub, "c", None);
+    s.hub.do_send(FrameReceived {
+        conn: c.conn,
+        credit: Credit::none(),
+        msg: WireMessage::Subscribe(KeyRequest {
+            id: "s1".into(),
+            to: vec![],
+            key: "k".repeat(5000),
+        }),
+    });
+    let err = c.wait("error", |v| v["type"] == "error").await;
+    assert_eq!(err["re"], "s1");
+    assert!(
+        err["error"].as_str().unwrap().contains("max_key_bytes"),
+        "{err}"
+    );
+    assert_ne!(
+        err["id"], "s1",
+        "a fresh id: a Tool Db client's listener is not consumed"
+    );
 }
