@@ -95,6 +95,36 @@ pub struct Limits {
     pub max_subscription_bytes: usize,
     /// Listed server records one connection may have verified per minute.
     pub listed_verifications_per_minute: u32,
+    /// Websocket connections open at once, all peers together; past it an
+    /// upgrade is answered 503 (plain HTTP such as /health still is served).
+    pub max_connections: usize,
+    /// Websocket connections open at once from one source address (an
+    /// IPv4 address or an IPv6 /64).
+    pub max_connections_per_ip: usize,
+    /// New websocket connections per second from one source address
+    /// (sustained; a burst of `connect_burst_per_ip` is allowed).
+    pub connects_per_ip_per_sec: u32,
+    pub connect_burst_per_ip: u32,
+    /// Apply the per-address limits to loopback too (off: a local reverse
+    /// proxy shows every client as 127.0.0.1).
+    pub limit_loopback: bool,
+    /// A websocket that sends no Tool Db `ping` this long is closed, s.
+    pub handshake_timeout_secs: u64,
+    /// Bytes of messages read in part (a frame or fragments not yet
+    /// complete), all sockets together; past it a socket adding to its
+    /// unfinished message is closed.
+    pub max_unfinished_bytes: usize,
+    /// A message begun must be complete within this, s.
+    pub message_timeout_secs: u64,
+    /// Longest message id, bytes (ids are remembered to drop repeats).
+    pub max_id_bytes: usize,
+    /// Deepest JSON nesting in a message (records, function arguments,
+    /// peer records); Tool Db's JS clients crash past a few thousand.
+    pub max_json_depth: usize,
+    /// Log lines caused by remote peers, per second for the whole node
+    /// (bursts of ten times that); the rest are counted and the count is
+    /// logged, so an attacker cannot fill the disk.
+    pub remote_log_lines_per_sec: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,6 +205,17 @@ impl Default for Limits {
             max_key_bytes: 1024,
             max_subscription_bytes: 64 << 20,
             listed_verifications_per_minute: 256,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            connects_per_ip_per_sec: 20,
+            connect_burst_per_ip: 200,
+            limit_loopback: false,
+            handshake_timeout_secs: 10,
+            max_unfinished_bytes: 64 << 20,
+            message_timeout_secs: 30,
+            max_id_bytes: 256,
+            max_json_depth: 128,
+            remote_log_lines_per_sec: 20,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! tooldb-node: a Tool Db-compatible server.
 pub mod actors;
+pub mod admission;
 pub mod backoff;
 pub mod bounded;
 pub mod client;
@@ -10,6 +11,7 @@ pub mod dht;
 pub mod durability;
 pub mod endpoint;
 pub mod flow;
+pub mod log_limit;
 pub mod messages;
 pub mod peer;
 pub mod reconcile;

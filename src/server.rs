@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, FromRequest, HttpRequest, HttpResponse, HttpServer};
 
 use crate::actors::client_session::ClientSession;
 use crate::actors::crypto::Crypto;
@@ -236,10 +236,30 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         Some(dht)
     };
 
+    crate::log_limit::configure(config.limits.remote_log_lines_per_sec);
+    let open_files = raise_open_file_limit();
+    let mut admission_limits = crate::admission::AdmissionLimits::from(&config.limits);
+    // Headroom under the open-file limit: sled, the DHT socket, outbound
+    // dials and plain HTTP requests such as /health.
+    let headroom = FD_HEADROOM.min(open_files / 4);
+    let fd_room = usize::try_from(open_files.saturating_sub(headroom)).unwrap_or(usize::MAX);
+    if admission_limits.max_connections > fd_room / 2 {
+        // Half: each websocket may also cost a dial back to a server.
+        let lowered = (fd_room / 2).max(1);
+        tracing::warn!(
+            configured = admission_limits.max_connections,
+            lowered,
+            open_files,
+            "max_connections lowered to fit the process's open-file limit (raise it with ulimit -n)"
+        );
+        admission_limits.max_connections = lowered;
+    }
+    let admission = crate::admission::Admission::new(admission_limits);
     let max_frame = config.limits.max_frame_bytes;
     let web_services = WebState {
         services: services.clone(),
         registry: registry.clone(),
+        admission,
     };
     let server = HttpServer::new(move || {
         App::new()
@@ -252,6 +272,12 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
             )
     })
     .workers(cores)
+    // Plain TCP connections per worker: what the open-file limit allows
+    // beside the headroom. Websockets are capped below this (max_connections)
+    // so an HTTP request such as /health still gets in when they are full;
+    // a socket that sends no request is closed after 5 s (actix's
+    // client_request_timeout).
+    .max_connections((fd_room / cores).max(64))
     // Signals are ours: a stop first closes sockets with a close frame.
     .disable_signals()
     .shutdown_timeout(2)
@@ -283,6 +309,42 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
     })
 }
 
+/// File descriptors kept free under the open-file limit.
+const FD_HEADROOM: u64 = 512;
+
+/// Raises the soft open-file limit to the hard one (a default soft limit
+/// of 1024 would cap the node at a few hundred clients); returns the soft
+/// limit in force.
+pub fn raise_open_file_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            } else {
+                tracing::warn!(
+                    soft = lim.rlim_cur,
+                    hard = lim.rlim_max,
+                    "could not raise the open-file limit"
+                );
+            }
+        }
+    }
+    tracing::debug!(open_files = lim.rlim_cur, "open-file limit");
+    lim.rlim_cur
+}
+
 /// Puts the public IP the DHT reports into our signed record, when no
 /// host was configured.
 fn watch_public_host(dht: Addr<DhtChannel>, hub: Addr<Hub>) {
@@ -308,6 +370,7 @@ fn watch_public_host(dht: Addr<DhtChannel>, hub: Addr<Hub>) {
 struct WebState {
     services: Services,
     registry: Addr<PeerRegistry>,
+    admission: crate::admission::Admission,
 }
 
 async fn ws_route(
@@ -315,11 +378,11 @@ async fn ws_route(
     stream: web::Payload,
     max_frame: usize,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let services = req
+    let state = req
         .app_data::<web::Data<WebState>>()
-        .expect("state is registered")
-        .services
-        .clone();
+        .expect("state is registered");
+    let services = state.services.clone();
+    let admission = state.admission.clone();
     let is_upgrade = req
         .headers()
         .get("upgrade")
@@ -330,16 +393,35 @@ async fn ws_route(
             .insert_header(("content-type", "text/plain"))
             .body("tooldb-node: Tool Db peers connect here with a websocket; see /health and /peers\n"));
     }
-    let remote = req
-        .peer_addr()
-        .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    let peer_addr = req.peer_addr();
+    let remote = peer_addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    let slot = match admission.admit(peer_addr.map(|a| a.ip())) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            crate::remote_log!(info, remote = %remote, reason = %refusal, "refused a websocket");
+            return Ok(HttpResponse::ServiceUnavailable()
+                .insert_header(("retry-after", "10"))
+                .insert_header(("content-type", "text/plain"))
+                .body(format!("tooldb-node: {refusal}\n")));
+        }
+    };
+    // What the reader takes from TCP counts as unfinished until a whole
+    // message comes out (see admission.rs).
+    let unfinished = admission.unfinished();
+    let mut metered: actix_web::dev::Payload = actix_web::dev::Payload::from(Box::pin(
+        unfinished.meter(stream),
+    )
+        as actix_http::BoxedPayloadStream);
+    let stream = web::Payload::from_request(&req, &mut metered).await?;
     let (response, session, frames) = actix_ws::handle(&req, stream)?;
     // One limit for a frame and for a message assembled from fragments.
     let frames = frames
         .max_frame_size(max_frame)
         .aggregate_continuations()
         .max_continuation_size(max_frame);
-    ClientSession::new(services, remote, session, frames).start();
+    ClientSession::new(services, remote, session, frames)
+        .with_admission(slot, unfinished)
+        .start();
     Ok(response)
 }
 

@@ -3,7 +3,7 @@
 //! served meanwhile and the node's memory bounded.
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use serde_json::{json, Value};
@@ -11,46 +11,6 @@ use tooldb_node::crypto::{KeyScheme, NodeKey};
 use tooldb_node::messages::wire::new_message_id;
 use tooldb_node::peer::Peer;
 use tooldb_node::record::now_ms;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// p99 of a well-behaved client's get round trips (it put the key first).
-fn p99_get_ms(port: u16, rounds: usize) -> f64 {
-    let (mut good, _) = RawPeer::client(port);
-    good.put("good", json!("v"));
-    good.wait_value("good", &json!("v"));
-    let mut times: Vec<f64> = (0..rounds)
-        .map(|_| {
-            let t = Instant::now();
-            good.get("good", Duration::from_secs(5))
-                .expect("the good client is answered");
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    times[(times.len() * 99 / 100).min(times.len() - 1)]
-}
-
-/// Reads frames until `n` match `pred` (bounded by a deadline).
-fn count_frames(p: &mut RawPeer, n: usize, pred: impl Fn(&Value) -> bool) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = 0;
-    while seen < n && Instant::now() < deadline {
-        if let Ok(Some(v)) = p.recv(Duration::from_millis(100)) {
-            if pred(&v) {
-                seen += 1;
-            }
-        }
-    }
-    seen
-}
 
 #[test]
 fn a_subscribe_flood_is_capped_per_client_with_an_error_naming_the_limit() {

@@ -31,11 +31,13 @@ use crate::messages::crypto::VerifyPing;
 use crate::messages::hub::{
     next_conn_id, ConnId, ConnectionClosed, ConnectionIdentified, FrameReceived,
 };
-use crate::messages::wire::{new_message_id, Extensions, Ping, WireError, WireMessage};
+use crate::messages::wire::{new_message_id, Extensions, Ping, WireError, WireLimits, WireMessage};
 use crate::peer::PeerError;
 
 /// How often we ping an idle socket to see that it is alive.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
+/// How often a socket checks that its unfinished message is not late.
+const MESSAGE_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 type Frames = actix_ws::AggregatedMessageStream;
 type Item = Result<AggregatedMessage, ProtocolError>;
@@ -67,6 +69,10 @@ pub struct ClientSession {
     reported: bool,
     /// Until `started` hands them to the context and the writer.
     socket: Option<(actix_ws::Session, Frames)>,
+    /// Our place among the node's websockets, given back when we end.
+    _slot: Option<crate::admission::Slot>,
+    /// Bytes read from the socket not yet a whole message.
+    unfinished: Option<crate::admission::Unfinished>,
 }
 
 impl ClientSession {
@@ -90,7 +96,20 @@ impl ClientSession {
             closing: false,
             reported: false,
             socket: Some((session, frames)),
+            _slot: None,
+            unfinished: None,
         }
+    }
+
+    /// Ties the session to its admission slot and its socket's meter.
+    pub fn with_admission(
+        mut self,
+        slot: crate::admission::Slot,
+        unfinished: crate::admission::Unfinished,
+    ) -> Self {
+        self._slot = Some(slot);
+        self.unfinished = Some(unfinished);
+        self
     }
 
     /// Queues a close frame and leaves the hub at once, but keeps the
@@ -123,10 +142,10 @@ impl ClientSession {
         self.bad_frames += 1;
         let max = self.services.config.limits.max_bad_frames;
         if self.bad_frames == 1 {
-            tracing::info!(conn = self.conn, remote = %self.remote, error = %err, "ignored a malformed frame");
+            crate::remote_log!(info, conn = self.conn, remote = %self.remote, error = %err, "ignored a malformed frame");
         }
         if self.bad_frames > max {
-            tracing::warn!(conn = self.conn, remote = %self.remote, count = self.bad_frames, "closing: too many malformed frames");
+            crate::remote_log!(warn, conn = self.conn, remote = %self.remote, count = self.bad_frames, "closing: too many malformed frames");
             self.close(
                 ctx,
                 CloseCode::Policy,
@@ -136,13 +155,28 @@ impl ClientSession {
     }
 
     fn on_text(&mut self, text: &str, credit: Credit, ctx: &mut Context<Self>) {
-        let msg = match WireMessage::parse(text) {
+        let msg = match WireMessage::parse_limited(
+            text,
+            WireLimits::from(&self.services.config.limits),
+        ) {
             Ok(m) => m,
             Err(WireError::UnknownType(t)) => {
                 tracing::debug!(conn = self.conn, kind = %t, "ignored a message of unknown type");
                 return;
             }
-            Err(e) => return self.bad_frame(ctx, &e),
+            Err(e) => {
+                if matches!(e, WireError::TooDeep { .. } | WireError::IdTooLong { .. }) {
+                    // A well-formed message over a limit: say which.
+                    let answer = serde_json::json!({
+                        "type": "error",
+                        "id": new_message_id(),
+                        "to": [&*self.services.client_id],
+                        "error": e.to_string(),
+                    });
+                    let _ = self.outbox.push(answer.to_string().into());
+                }
+                return self.bad_frame(ctx, &e);
+            }
         };
         match &mut self.state {
             Handshake::Identified => self.services.hub.do_send(FrameReceived {
@@ -203,17 +237,17 @@ impl ClientSession {
                         "clientId {:?} is not the last 20 characters of the peer address",
                         ping.client_id
                     );
-                    tracing::warn!(conn = self.conn, remote = %self.remote, address = %peer.address, "closing: {reason}");
+                    crate::remote_log!(warn, conn = self.conn, remote = %self.remote, address = %peer.address, "closing: {reason}");
                     return self.close(ctx, CloseCode::Policy, reason);
                 }
                 (anonymous_id(), None)
             }
             Err(e @ PeerError::WrongTopic { .. }) => {
-                tracing::info!(conn = self.conn, remote = %self.remote, error = %e, "closing: other topic");
+                crate::remote_log!(info, conn = self.conn, remote = %self.remote, error = %e, "closing: other topic");
                 return self.close(ctx, CloseCode::Policy, e.to_string());
             }
             Err(e) if ping.is_server => {
-                tracing::warn!(conn = self.conn, remote = %self.remote, error = %e, "closing: server ping fails verification");
+                crate::remote_log!(warn, conn = self.conn, remote = %self.remote, error = %e, "closing: server ping fails verification");
                 return self.close(ctx, CloseCode::Policy, format!("server ping refused: {e}"));
             }
             Err(e) => {
@@ -282,10 +316,44 @@ impl Actor for ClientSession {
                 frame_cost,
             ));
         }
-        let idle = Duration::from_secs(self.services.config.limits.idle_timeout_secs);
+        let limits = &self.services.config.limits;
+        let handshake = Duration::from_secs(limits.handshake_timeout_secs.max(1));
+        ctx.run_later(handshake, move |act, ctx| {
+            if matches!(act.state, Handshake::AwaitingPing) && !act.closing {
+                crate::remote_log!(info, conn = act.conn, remote = %act.remote, "closing: no Tool Db ping");
+                act.close(
+                    ctx,
+                    CloseCode::Policy,
+                    format!(
+                        "no Tool Db ping within {} s of opening (handshake_timeout_secs)",
+                        handshake.as_secs()
+                    ),
+                );
+            }
+        });
+        let message_timeout = Duration::from_secs(limits.message_timeout_secs.max(1));
+        ctx.run_interval(MESSAGE_CHECK_EVERY.min(message_timeout), move |act, ctx| {
+            let late = act
+                .unfinished
+                .as_ref()
+                .and_then(|u| u.waiting())
+                .is_some_and(|w| w > message_timeout);
+            if late && !act.closing {
+                crate::remote_log!(info, conn = act.conn, remote = %act.remote, "closing: a message left unfinished");
+                act.close(
+                    ctx,
+                    CloseCode::Policy,
+                    format!(
+                        "a message begun was not complete within {} s (message_timeout_secs)",
+                        message_timeout.as_secs()
+                    ),
+                );
+            }
+        });
+        let idle = Duration::from_secs(limits.idle_timeout_secs);
         ctx.run_interval(HEARTBEAT_EVERY.min(idle), move |act, ctx| {
             if act.last_heard.elapsed() > idle {
-                tracing::info!(conn = act.conn, remote = %act.remote, "closing: idle");
+                crate::remote_log!(info, conn = act.conn, remote = %act.remote, "closing: idle");
                 act.close(ctx, CloseCode::Away, "idle timeout".into());
             } else {
                 act.outbox.push_ping();
@@ -308,6 +376,18 @@ impl StreamHandler<(Item, Credit)> for ClientSession {
             return;
         }
         self.last_heard = Instant::now();
+        // Only whole messages release: control frames may come between
+        // fragments and must not reset the count.
+        if matches!(
+            item,
+            Ok(AggregatedMessage::Text(_)
+                | AggregatedMessage::Binary(_)
+                | AggregatedMessage::Close(_))
+        ) {
+            if let Some(u) = &self.unfinished {
+                u.done();
+            }
+        }
         let max = self.services.config.limits.max_frame_bytes;
         match item {
             Ok(AggregatedMessage::Text(text)) => self.on_text(&text, credit, ctx),
@@ -321,7 +401,7 @@ impl StreamHandler<(Item, Credit)> for ClientSession {
                 self.close(ctx, CloseCode::Normal, String::new());
             }
             Err(ProtocolError::Overflow) => {
-                tracing::warn!(conn = self.conn, remote = %self.remote, limit = max, "closing: frame over the size limit");
+                crate::remote_log!(warn, conn = self.conn, remote = %self.remote, limit = max, "closing: frame over the size limit");
                 self.close(
                     ctx,
                     CloseCode::Size,
@@ -329,15 +409,24 @@ impl StreamHandler<(Item, Credit)> for ClientSession {
                 );
             }
             Err(ProtocolError::Io(e)) if e.to_string().contains("continuation size") => {
-                tracing::warn!(conn = self.conn, remote = %self.remote, limit = max, "closing: message over the size limit");
+                crate::remote_log!(warn, conn = self.conn, remote = %self.remote, limit = max, "closing: message over the size limit");
                 self.close(
                     ctx,
                     CloseCode::Size,
                     format!("message exceeds the limit of {max} bytes"),
                 );
             }
+            Err(_) if self.unfinished.as_ref().is_some_and(|u| u.was_over()) => {
+                let limit = self.services.config.limits.max_unfinished_bytes;
+                crate::remote_log!(warn, conn = self.conn, remote = %self.remote, limit, "closing: the node's buffer for unfinished messages is full");
+                self.close(
+                    ctx,
+                    CloseCode::Size,
+                    format!("the node holds its limit of {limit} bytes of unfinished messages (max_unfinished_bytes); send whole messages"),
+                );
+            }
             Err(e) => {
-                tracing::info!(conn = self.conn, remote = %self.remote, error = %e, "closing: websocket protocol error");
+                crate::remote_log!(info, conn = self.conn, remote = %self.remote, error = %e, "closing: websocket protocol error");
                 self.close(
                     ctx,
                     CloseCode::Protocol,

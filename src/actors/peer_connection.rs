@@ -30,7 +30,7 @@ use crate::messages::hub::{
     next_conn_id, ConnId, ConnectionClosed, ConnectionIdentified, FrameReceived, GetSelfPeer,
 };
 use crate::messages::registry::{DialGaveUp, GaveUpReason};
-use crate::messages::wire::{new_message_id, Extensions, Ping, Pong, WireMessage};
+use crate::messages::wire::{new_message_id, Extensions, Ping, Pong, WireLimits, WireMessage};
 use crate::transport::{self, Incoming, WsItem};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -216,7 +216,10 @@ impl PeerConnection {
     }
 
     fn on_text(&mut self, text: &str, credit: Credit, ctx: &mut Context<Self>) {
-        let msg = match WireMessage::parse(text) {
+        let msg = match WireMessage::parse_limited(
+            text,
+            WireLimits::from(&self.services.config.limits),
+        ) {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(peer = %self.target, error = %e, "ignored a frame from a server");

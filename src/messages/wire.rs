@@ -152,6 +152,58 @@ pub enum WireError {
     UnknownType(String),
     #[error("bad {kind} message: {reason}")]
     Invalid { kind: String, reason: String },
+    #[error("JSON nested deeper than {limit} levels (max_json_depth)")]
+    TooDeep { limit: usize },
+    #[error("message id of {len} bytes is over the limit of {limit} (max_id_bytes)")]
+    IdTooLong { len: usize, limit: usize },
+}
+
+/// Bounds checked before a frame becomes a message.
+#[derive(Debug, Clone, Copy)]
+pub struct WireLimits {
+    pub max_depth: usize,
+    pub max_id_bytes: usize,
+}
+
+impl WireLimits {
+    pub fn from(limits: &crate::config::Limits) -> WireLimits {
+        WireLimits {
+            max_depth: limits.max_json_depth,
+            max_id_bytes: limits.max_id_bytes,
+        }
+    }
+}
+
+/// Whether `text` nests arrays and objects deeper than `limit`: one pass
+/// over the bytes, skipping strings, before anything recursive touches it.
+pub fn nests_deeper_than(text: &str, limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 #[derive(Deserialize)]
@@ -161,6 +213,24 @@ struct TypeOnly<'a> {
 }
 
 impl WireMessage {
+    /// `parse`, after checking the nesting depth, then the id's length.
+    pub fn parse_limited(text: &str, limits: WireLimits) -> Result<WireMessage, WireError> {
+        if nests_deeper_than(text, limits.max_depth) {
+            return Err(WireError::TooDeep {
+                limit: limits.max_depth,
+            });
+        }
+        let msg = Self::parse(text)?;
+        let len = msg.id().len();
+        if len > limits.max_id_bytes {
+            return Err(WireError::IdTooLong {
+                len,
+                limit: limits.max_id_bytes,
+            });
+        }
+        Ok(msg)
+    }
+
     pub fn parse(text: &str) -> Result<WireMessage, WireError> {
         let head: TypeOnly =
             serde_json::from_str(text).map_err(|e| WireError::NotJson(e.to_string()))?;
@@ -311,6 +381,34 @@ mod tests {
         assert!(
             matches!(&err, WireError::Invalid { reason, .. } if reason.contains("missing field")),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn depth_and_id_length_are_bounded_before_parsing() {
+        let limits = WireLimits {
+            max_depth: 8,
+            max_id_bytes: 16,
+        };
+        let nested = |n: usize| {
+            format!(
+                r#"{{"type":"function","id":"a","function":"f","args":{}1{}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        assert!(WireMessage::parse_limited(&nested(7), limits).is_ok());
+        assert_eq!(
+            WireMessage::parse_limited(&nested(8), limits).unwrap_err(),
+            WireError::TooDeep { limit: 8 }
+        );
+        // Brackets inside strings (escaped quotes too) are not nesting.
+        let in_string = format!(r#"{{"type":"get","id":"a","key":"\"{}"}}"#, "[".repeat(100));
+        assert!(WireMessage::parse_limited(&in_string, limits).is_ok());
+        let long_id = format!(r#"{{"type":"get","id":"{}","key":"k"}}"#, "i".repeat(17));
+        assert_eq!(
+            WireMessage::parse_limited(&long_id, limits).unwrap_err(),
+            WireError::IdTooLong { len: 17, limit: 16 }
         );
     }
 

@@ -506,3 +506,100 @@ impl RawPeer {
         (p, pong)
     }
 }
+
+/// Resident memory of a process, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// p99 of a well-behaved client's get round trips (it put the key first).
+pub fn p99_get_ms(port: u16, rounds: usize) -> f64 {
+    let (mut good, _) = RawPeer::client(port);
+    good.put("good", json!("v"));
+    good.wait_value("good", &json!("v"));
+    let mut times: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            good.get("good", Duration::from_secs(5))
+                .expect("the good client is answered");
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times[(times.len() * 99 / 100).min(times.len() - 1)]
+}
+
+/// Reads frames until `n` match `pred` (bounded by a deadline).
+pub fn count_frames(p: &mut RawPeer, n: usize, pred: impl Fn(&Value) -> bool) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = 0;
+    while seen < n && Instant::now() < deadline {
+        if let Ok(Some(v)) = p.recv(Duration::from_millis(100)) {
+            if pred(&v) {
+                seen += 1;
+            }
+        }
+    }
+    seen
+}
+
+/// A websocket to the node from `source` (e.g. 127.0.0.2, another
+/// loopback address acting as a second host). Err: the upgrade was refused,
+/// with the HTTP status and body.
+pub fn ws_from(
+    source: &str,
+    port: u16,
+) -> Result<WebSocket<MaybeTlsStream<TcpStream>>, (u16, String)> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let src: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    sock.bind(&src.into()).unwrap();
+    let dst: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    sock.connect(&dst.into()).unwrap();
+    let stream: TcpStream = sock.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    match tungstenite::client(
+        format!("ws://127.0.0.1:{port}"),
+        MaybeTlsStream::Plain(stream),
+    ) {
+        Ok((ws, _)) => {
+            if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+            }
+            Ok(ws)
+        }
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            Err((resp.status().as_u16(), body))
+        }
+        Err(e) => panic!("websocket from {source}: {e}"),
+    }
+}
+
+impl RawPeer {
+    /// A raw peer on a socket from `ws_from`, not yet pinged.
+    pub fn on(ws: WebSocket<MaybeTlsStream<TcpStream>>, port: u16) -> RawPeer {
+        let key = NodeKey::generate(KeyScheme::P256);
+        RawPeer {
+            ws,
+            client_id: key.client_id().to_owned(),
+            key,
+            topic: http_get(port, "/health")
+                .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+                .and_then(|h| h["topic"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| TOPIC.to_owned()),
+        }
+    }
+}

@@ -15,13 +15,21 @@ impl Hub {
     /// Starts a reconciliation with a server of ours, if we are the side
     /// that starts (the smaller address, so only one side does).
     pub(super) fn maybe_reconcile(&mut self, conn: ConnId, ctx: &mut Context<Self>) {
+        self.reconcile_if(conn, false, ctx)
+    }
+
+    /// Starts a round with `conn` if it reconciles and either we are the
+    /// side that starts (the smaller address) or `anyway`: a link proved
+    /// only now by our dial ignored the round its peer started while it was
+    /// unproved, so we start one ourselves.
+    pub(super) fn reconcile_if(&mut self, conn: ConnId, anyway: bool, ctx: &mut Context<Self>) {
         let Some(c) = self.conns.get(conn) else {
             return;
         };
         let starts = c.reconcile
             && c.address
                 .as_deref()
-                .is_some_and(|a| self.settings.address.as_str() < a);
+                .is_some_and(|a| anyway || self.settings.address.as_str() < a);
         if !starts {
             return;
         }

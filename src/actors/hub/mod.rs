@@ -234,7 +234,7 @@ impl Hub {
             }
             Err(OutboxError::Closed) => {}
             Err(e @ OutboxError::Full { .. }) => {
-                tracing::warn!(client = %c.client_id, server = c.is_server, error = %e, "closing: slow consumer");
+                crate::remote_log!(warn, client = %c.client_id, server = c.is_server, error = %e, "closing: slow consumer");
                 let reason = e.to_string();
                 c.handle.outbox.close(CloseCode::Policy, &reason);
                 c.handle.close.do_send(CloseConnection::policy(reason));
@@ -333,12 +333,12 @@ impl Hub {
         };
         c.invalid_records += 1;
         if c.invalid_records == 1 {
-            tracing::info!(client = %c.client_id, error = %err, "refused a record");
+            crate::remote_log!(info, client = %c.client_id, error = %err, "refused a record");
         } else {
             tracing::debug!(client = %c.client_id, error = %err, "refused a record");
         }
         if c.invalid_records == max + 1 {
-            tracing::warn!(client = %c.client_id, count = c.invalid_records, "closing: too many invalid records");
+            crate::remote_log!(warn, client = %c.client_id, count = c.invalid_records, "closing: too many invalid records");
             c.handle.close.do_send(CloseConnection::policy(format!(
                 "more than {max} records failed verification"
             )));
@@ -351,7 +351,7 @@ impl Hub {
     /// request's own id would consume their listener for it.
     fn refuse(&mut self, conn: ConnId, kind: &str, request_id: &str, error: &str) {
         let client = self.conns.get(conn).map(|c| c.client_id.clone());
-        tracing::info!(conn, client = ?client, request = kind, error, "refused a request");
+        crate::remote_log!(info, conn, client = ?client, request = kind, error, "refused a request");
         let frame = serde_json::json!({
             "type": "error",
             "id": new_message_id(),
@@ -406,7 +406,7 @@ impl Hub {
         }
         let (address, host, port) = (peer.address.clone(), peer.host.clone(), peer.port);
         if self.servers.learn(peer, self.conns.server_set()) == servers::Learned::New {
-            tracing::info!(address = %address, host = %host, port, "learned of a server");
+            crate::remote_log!(info, address = %address, host = %host, port, "learned of a server");
         }
     }
 
@@ -755,7 +755,8 @@ impl Hub {
             .unwrap_or(keys.len());
         let truncated = fits < keys.len();
         if truncated {
-            tracing::info!(
+            crate::remote_log!(
+                info,
                 prefix_bytes = req.key.len(),
                 keys = keys.len(),
                 sent = fits,
@@ -921,7 +922,7 @@ impl Handler<ConnectionIdentified> for Hub {
             return;
         }
         if let Some(refusal) = self.replayed_identity(&msg) {
-            tracing::info!(conn = msg.conn, client = %msg.client_id, reason = %refusal, "refused a ping");
+            crate::remote_log!(info, conn = msg.conn, client = %msg.client_id, reason = %refusal, "refused a ping");
             msg.handle.close.do_send(CloseConnection::policy(refusal));
             return;
         }
@@ -936,7 +937,8 @@ impl Handler<ConnectionIdentified> for Hub {
         let claim = (msg.is_server && !verified_server)
             .then(|| msg.peer.clone())
             .flatten();
-        tracing::info!(
+        crate::remote_log!(
+            info,
             client = %msg.client_id,
             server = verified_server,
             claims_server = claim.is_some(),
@@ -1072,7 +1074,7 @@ impl Hub {
                     peer: claim.peer,
                 });
             }
-            self.maybe_reconcile(id, ctx);
+            self.reconcile_if(id, true, ctx);
         }
     }
 }
@@ -1187,7 +1189,7 @@ impl Handler<ConnectionClosed> for Hub {
                 self.sent.forget(&conn.client_id);
             }
         }
-        tracing::info!(client = %conn.client_id, server = conn.is_server, outbound = conn.outbound, "connection closed");
+        crate::remote_log!(info, client = %conn.client_id, server = conn.is_server, outbound = conn.outbound, "connection closed");
         if let (Some(address), Some(r)) = (conn.address, &self.registry) {
             r.disconnected.do_send(ServerDisconnected {
                 conn: msg.conn,
