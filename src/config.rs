@@ -125,6 +125,10 @@ pub struct Limits {
     /// (bursts of ten times that); the rest are counted and the count is
     /// logged, so an attacker cannot fill the disk.
     pub remote_log_lines_per_sec: u32,
+    /// Largest record stored, bytes, CRDT change sets included (a change
+    /// that would pass it is refused); below `max_frame_bytes` so that any
+    /// record can be sent.
+    pub max_record_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,6 +220,7 @@ impl Default for Limits {
             max_id_bytes: 256,
             max_json_depth: 128,
             remote_log_lines_per_sec: 20,
+            max_record_bytes: 1_000_000,
         }
     }
 }

@@ -12,8 +12,11 @@ use serde_json::Value;
 
 use crate::crypto;
 
-/// Tool Db rejects records more than this far in the future.
-pub const MAX_FUTURE_MS: u64 = 30_000;
+/// Records more than this far in the future are refused. Tool Db allows
+/// 30 s, which lets anyone block a global key (and an owner their own) for
+/// that long; clocks kept by NTP, as phones' and servers' are, differ by far
+/// less than a second.
+pub const MAX_FUTURE_MS: u64 = 5_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CrdtKind {
@@ -47,7 +50,7 @@ impl CrdtKind {
 pub enum RecordError {
     #[error("InvalidData: {0}")]
     InvalidData(String),
-    #[error("InvalidTimestamp: {t} is more than 30 s in the future")]
+    #[error("InvalidTimestamp: {t} is more than 5 s in the future")]
     InvalidTimestamp { t: u64 },
     #[error("AddressMismatch: key {key:?} is in another user's namespace")]
     AddressMismatch { key: String },
@@ -61,6 +64,22 @@ pub enum RecordError {
     InvalidHashNonce,
     #[error("InvalidSignature: {0}")]
     InvalidSignature(#[from] crypto::SignatureError),
+    /// Ours: `k` is not covered by the hash, so a signed record could be
+    /// replayed under another key; each signature stays with its first key.
+    #[error("Rekeyed: this signed record belongs to key {first:?}, not {key:?}")]
+    Rekeyed { key: String, first: String },
+    /// Ours: a frozen key's owner is kept against writes back-dated past the
+    /// takeover window (the oldest write would win for ever otherwise).
+    #[error("BackDated: frozen key {key:?} is held by a write more than {window_s} s newer than this one")]
+    BackDated { key: String, window_s: u64 },
+    /// Ours: the record, or the CRDT change set a merge would make, is
+    /// over the node's limit.
+    #[error("TooLarge: key {key:?} would hold {size} bytes, over the limit of {limit} (max_record_bytes)")]
+    TooLarge {
+        key: String,
+        size: usize,
+        limit: usize,
+    },
 }
 
 /// A parsed record that still holds its exact wire text.
@@ -172,6 +191,20 @@ impl Record {
     /// Every check that needs no stored state, in Tool Db's order (the
     /// frozen-key check needs the store and is done by `Storage`).
     pub fn verify(&self, now_ms: u64, pow_zeros: u32) -> Result<(), RecordError> {
+        self.verify_with(now_ms, pow_zeros, false)
+    }
+
+    /// `verify`, with `crdt_hash`: a CRDT record's change list must hash to
+    /// its `h` too. True for records from clients, which sign the change
+    /// list they send; without it anyone could send other changes under a
+    /// valid signature. (Merged sets from servers do not hash: servers
+    /// replace `v` with their union.)
+    pub fn verify_with(
+        &self,
+        now_ms: u64,
+        pow_zeros: u32,
+        crdt_hash: bool,
+    ) -> Result<(), RecordError> {
         if self.timestamp > now_ms.saturating_add(MAX_FUTURE_MS) {
             return Err(RecordError::InvalidTimestamp { t: self.timestamp });
         }
@@ -190,7 +223,7 @@ impl Record {
         // Ours: the hash is checked always for plain records, so a relay
         // cannot swap `v` under a valid signature. CRDT records are checked by
         // signature only, as servers replace `v` with the merged set.
-        if (self.crdt.is_none() || pow_zeros > 0)
+        if (self.crdt.is_none() || pow_zeros > 0 || crdt_hash)
             && crypto::sha256_hex(self.hash_input().as_bytes()) != self.hash
         {
             return Err(RecordError::InvalidHashNonce);
@@ -377,6 +410,21 @@ mod tests {
     }
 
     #[test]
+    fn a_crdt_change_list_from_a_client_must_hash_to_its_signature() {
+        let k = key();
+        let changes = json!([{"t":"SET","a":k.address(),"k":"admin","v":false,"i":1}]);
+        let r = sign_record_with(&k, "c", &changes, now_ms(), Some(CrdtKind::Map), 0);
+        assert_eq!(r.verify_with(now_ms(), 0, true), Ok(()));
+        let injected = Record::parse_str(&r.raw().replace("false", "true")).unwrap();
+        assert_eq!(
+            injected.verify_with(now_ms(), 0, true),
+            Err(RecordError::InvalidHashNonce)
+        );
+        // From a server (a merged set) the signature alone is checked.
+        assert_eq!(injected.verify_with(now_ms(), 0, false), Ok(()));
+    }
+
+    #[test]
     fn missing_fields_and_null_c_are_told_apart() {
         let k = key();
         let r = sign_record(&k, "x", &json!(1), now_ms());
@@ -401,12 +449,13 @@ mod tests {
     fn future_timestamps_are_refused() {
         let k = key();
         let now = now_ms();
-        let r = sign_record(&k, "x", &json!(1), now + 31_000);
+        // Tool Db allows 30 s; we allow the skew NTP-kept clocks have.
+        let r = sign_record(&k, "x", &json!(1), now + 6_000);
         assert_eq!(
             r.verify(now, 0),
-            Err(RecordError::InvalidTimestamp { t: now + 31_000 })
+            Err(RecordError::InvalidTimestamp { t: now + 6_000 })
         );
-        let ok = sign_record(&k, "x", &json!(1), now + 29_000);
+        let ok = sign_record(&k, "x", &json!(1), now + 4_000);
         assert_eq!(ok.verify(now, 0), Ok(()));
     }
 

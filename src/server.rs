@@ -153,7 +153,8 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         path: db_path.display().to_string(),
         source,
     })?;
-    let storage_state = Storage::new(db, config.storage.sync_writes)?;
+    let storage_state = Storage::new(db, config.storage.sync_writes)?
+        .with_max_record_bytes(config.limits.max_record_bytes);
     let durability = storage_state.durability();
     let storage = SyncArbiter::start(config.storage.threads.max(1), move || storage_state.clone());
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -20,7 +20,8 @@ use tooldb_node::record::{now_ms, sign_record};
 /// key's puts in increasing `t`; values padded to `pad` bytes.
 fn signed_puts(count: usize, keys: usize, prefix: &str, pad: usize) -> Vec<String> {
     let key = Arc::new(NodeKey::generate(KeyScheme::P256));
-    let t0 = now_ms();
+    // One ms apart, ending now: records from the future are refused.
+    let t0 = now_ms() - count as u64;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let chunks: Vec<_> = (0..threads)
         .map(|c| {

@@ -58,6 +58,9 @@ fn error_name(e: &RecordError) -> &'static str {
         RecordError::NoProofOfWork { .. } => "NoProofOfWork",
         RecordError::InvalidHashNonce => "InvalidHashNonce",
         RecordError::InvalidSignature(_) => "InvalidSignature",
+        RecordError::Rekeyed { .. } => "Rekeyed",
+        RecordError::BackDated { .. } => "BackDated",
+        RecordError::TooLarge { .. } => "TooLarge",
     }
 }
 

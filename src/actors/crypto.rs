@@ -30,7 +30,7 @@ impl Actor for Crypto {
 impl Handler<VerifyRecord> for Crypto {
     type Result = Result<Record, RecordError>;
     fn handle(&mut self, msg: VerifyRecord, _: &mut Self::Context) -> Self::Result {
-        msg.record.verify(now_ms(), msg.pow)?;
+        msg.record.verify_with(now_ms(), msg.pow, msg.crdt_hash)?;
         Ok(msg.record)
     }
 }

@@ -16,12 +16,27 @@ use crate::record::{wins, Record, RecordError, RecordMeta};
 pub const RECORDS_TREE: &str = "records";
 /// The peer book: server address → its newest verified peer record.
 pub const PEERS_TREE: &str = "peers";
+/// Record signature → the key it was first stored under. Tool Db's hash
+/// does not cover `k`, so without this a signed record could be replayed
+/// under any other key of its author's (or a global one). Bound by `s`, not
+/// `h`: one value written to two keys in one millisecond has one `h`, but
+/// Tool Db's P-256 signatures (WebCrypto) are randomised, so two `s`.
+pub const BINDINGS_TREE: &str = "bindings";
+
+/// How far back-dated (older than the holder's) a write may be and still
+/// take a frozen `==` key over: two owners racing for a name within this
+/// converge on the older write; beyond it the holder keeps the key (else a
+/// write signed with `t = 1` would take any frozen key for ever).
+pub const FROZEN_TAKEOVER_WINDOW_MS: u64 = 60_000;
 
 #[derive(Clone)]
 pub struct Storage {
     db: sled::Db,
     records: sled::Tree,
     peers: sled::Tree,
+    bindings: sled::Tree,
+    /// Largest record text stored, CRDT merges included.
+    max_record_bytes: usize,
     /// Told of every write; the hub awaits it before exposing one.
     durability: Durability,
 }
@@ -37,11 +52,47 @@ impl Storage {
         };
         let records = db.open_tree(RECORDS_TREE)?;
         let peers = db.open_tree(PEERS_TREE)?;
+        let bindings = db.open_tree(BINDINGS_TREE)?;
         Ok(Storage {
             db,
             records,
             peers,
+            bindings,
+            max_record_bytes: crate::config::Limits::default().max_record_bytes,
             durability,
+        })
+    }
+
+    pub fn with_max_record_bytes(mut self, bytes: usize) -> Self {
+        self.max_record_bytes = bytes;
+        self
+    }
+
+    /// Binds the record's signature to its key, or says which key it
+    /// belongs to.
+    fn bind(&self, record: &Record) -> Result<Option<RecordError>, StorageError> {
+        let cas = self.bindings.compare_and_swap(
+            record.sig.as_bytes(),
+            None as Option<&[u8]>,
+            Some(record.key.as_bytes()),
+        )?;
+        Ok(match cas {
+            Err(sled::CompareAndSwapError {
+                current: Some(first),
+                ..
+            }) if *first != *record.key.as_bytes() => Some(RecordError::Rekeyed {
+                key: record.key.clone(),
+                first: String::from_utf8_lossy(&first).into_owned(),
+            }),
+            _ => None,
+        })
+    }
+
+    fn too_large(&self, key: &str, size: usize) -> Option<RecordError> {
+        (size > self.max_record_bytes).then(|| RecordError::TooLarge {
+            key: key.to_owned(),
+            size,
+            limit: self.max_record_bytes,
         })
     }
 
@@ -81,6 +132,12 @@ impl Storage {
             Refused(RecordError),
             Corrupt(String),
         }
+        if let Some(e) = self.too_large(&record.key, record.raw().len()) {
+            return Ok(StoreOutcome::Refused(e));
+        }
+        if let Some(e) = self.bind(&record)? {
+            return Ok(StoreOutcome::Refused(e));
+        }
         let mut decision = Decision::Won;
         let incoming = record.meta();
         let _write = self.durability.write();
@@ -103,9 +160,18 @@ impl Storage {
                             address: &m.a,
                             hash: &m.h,
                         };
-                        if record.is_frozen() && m.a != record.address && m.t <= record.timestamp {
+                        let other_author = record.is_frozen() && m.a != record.address;
+                        if other_author && m.t <= record.timestamp {
                             decision = Decision::Refused(RecordError::CantOverwrite {
                                 key: record.key.clone(),
+                            });
+                            Some(bytes.to_vec())
+                        } else if other_author
+                            && record.timestamp.saturating_add(FROZEN_TAKEOVER_WINDOW_MS) < m.t
+                        {
+                            decision = Decision::Refused(RecordError::BackDated {
+                                key: record.key.clone(),
+                                window_s: FROZEN_TAKEOVER_WINDOW_MS / 1000,
                             });
                             Some(bytes.to_vec())
                         } else if wins(&incoming, &stored) {
@@ -132,6 +198,13 @@ impl Storage {
     }
 
     pub fn merge_crdt(&self, record: Record) -> Result<CrdtOutcome, StorageError> {
+        if let Some(e) = self.too_large(&record.key, record.raw().len()) {
+            return Ok(CrdtOutcome::Refused(e));
+        }
+        if let Some(e) = self.bind(&record)? {
+            return Ok(CrdtOutcome::Refused(e));
+        }
+        let mut too_large = None;
         let mut result: Result<Option<String>, String> = Ok(None);
         let mut current: Option<Vec<u8>> = None;
         let _write = self.durability.write();
@@ -150,6 +223,13 @@ impl Storage {
                         });
                     current = Some(bytes.to_vec());
                     match merged {
+                        Ok(Some(text)) if text.len() > self.max_record_bytes => {
+                            // The change set would pass the limit: this change
+                            // is refused, the stored set kept.
+                            too_large = self.too_large(&record.key, text.len());
+                            result = Ok(None);
+                            Some(bytes.to_vec())
+                        }
                         Ok(Some(text)) => {
                             let out = text.as_bytes().to_vec();
                             result = Ok(Some(text));
@@ -166,6 +246,9 @@ impl Storage {
                     }
                 }
             })?;
+        if let Some(e) = too_large {
+            return Ok(CrdtOutcome::Refused(e));
+        }
         match result {
             Ok(Some(text)) => Ok(CrdtOutcome::Merged(Self::parse_stored(
                 &record.key,
@@ -380,7 +463,7 @@ mod tests {
     use super::*;
     use crate::crypto::{KeyScheme, NodeKey};
     use crate::record::{now_ms, sign_record};
-    use serde_json::json;
+    use serde_json::{json, Value};
     use std::sync::Arc;
 
     fn storage() -> (tempfile::TempDir, Storage) {
@@ -429,6 +512,84 @@ mod tests {
             .unwrap()
             .raw()
             .contains(owner.address()));
+    }
+
+    #[test]
+    fn a_back_dated_write_cannot_take_a_frozen_key_over_but_a_close_race_converges() {
+        let (_d, s) = storage();
+        let owner = NodeKey::generate(KeyScheme::P256);
+        let thief = NodeKey::generate(KeyScheme::P256);
+        let racer = NodeKey::generate(KeyScheme::P256);
+        let t = now_ms();
+        s.store(sign_record(&owner, "==name", &json!(1), t))
+            .unwrap();
+        let out = s
+            .store(sign_record(&thief, "==name", &json!(2), 1))
+            .unwrap();
+        assert!(
+            matches!(out, StoreOutcome::Refused(RecordError::BackDated { .. })),
+            "{out:?}"
+        );
+        // Within the window, the older write still wins (servers converge).
+        let out = s
+            .store(sign_record(&racer, "==name", &json!(3), t - 1_000))
+            .unwrap();
+        assert!(matches!(out, StoreOutcome::Won(_)), "{out:?}");
+    }
+
+    #[test]
+    fn a_signed_record_cannot_be_replayed_under_another_key() {
+        let (_d, s) = storage();
+        let victim = NodeKey::generate(KeyScheme::P256);
+        let post_key = format!(":{}.post", victim.address());
+        let settings_key = format!(":{}.settings", victim.address());
+        let post = sign_record(&victim, &post_key, &json!("hello"), now_ms());
+        assert!(matches!(
+            s.store(post.clone()).unwrap(),
+            StoreOutcome::Won(_)
+        ));
+        // `k` is not covered by the hash: the same h/s under another key.
+        let mut v: Value = serde_json::from_str(post.raw()).unwrap();
+        v["k"] = json!(settings_key);
+        let replayed = Record::parse_str(&v.to_string()).unwrap();
+        assert_eq!(replayed.verify(now_ms(), 0), Ok(()));
+        let out = s.store(replayed).unwrap();
+        assert!(
+            matches!(&out, StoreOutcome::Refused(RecordError::Rekeyed { first, .. }) if *first == post_key),
+            "{out:?}"
+        );
+        assert!(s.get(&settings_key).unwrap().is_none());
+        // The same record under its own key again is fine (a relay).
+        assert!(!matches!(s.store(post).unwrap(), StoreOutcome::Refused(_)));
+    }
+
+    #[test]
+    fn a_crdt_change_that_would_pass_the_size_limit_is_refused() {
+        let (_d, s) = storage();
+        let s = s.with_max_record_bytes(4_000);
+        let k = NodeKey::generate(KeyScheme::P256);
+        let change = |i: u64| json!({"t":"SET","a":k.address(),"k":format!("f{i}"),"v":"x".repeat(500),"i":i});
+        let t = now_ms();
+        let mut refused = 0;
+        for i in 0..20 {
+            let rec = crate::record::sign_record_with(
+                &k,
+                "doc",
+                &json!([change(i)]),
+                t + i,
+                Some(crate::record::CrdtKind::Map),
+                0,
+            );
+            if let CrdtOutcome::Refused(RecordError::TooLarge { limit, .. }) =
+                s.merge_crdt(rec).unwrap()
+            {
+                assert_eq!(limit, 4_000);
+                refused += 1;
+            }
+        }
+        let stored = s.get("doc").unwrap().unwrap();
+        assert!(stored.raw().len() <= 4_000);
+        assert!(refused > 10, "{refused}");
     }
 
     #[test]

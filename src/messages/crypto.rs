@@ -12,6 +12,8 @@ use crate::record::{Record, RecordError};
 pub struct VerifyRecord {
     pub record: Record,
     pub pow: u32,
+    /// A CRDT change list must hash to `h` (records from clients).
+    pub crdt_hash: bool,
 }
 
 /// Verify the peer record a `ping` presents: our topic, fresh, signed.

@@ -25,7 +25,8 @@ pub enum StoreOutcome {
     Won(Record),
     /// The stored record wins; it is returned.
     Lost { current: Record },
-    /// A frozen key that another author already owns.
+    /// A frozen key that another author already owns (or a back-dated
+    /// takeover), a record replayed under another key, or one too large.
     Refused(RecordError),
 }
 
@@ -42,6 +43,8 @@ pub enum CrdtOutcome {
     Merged(Record),
     /// Nothing new; the stored record is returned.
     Unchanged { current: Record },
+    /// Refused: re-keyed, or the merged set would pass the size limit.
+    Refused(RecordError),
 }
 
 #[derive(Message, Debug)]

@@ -24,6 +24,30 @@ pub struct Conn {
     /// It pinged as a server, not yet proved by a dial of ours.
     pub claim: Option<Claim>,
     pub listed: ListedBudget,
+    /// Reads (get, crdtGet, subscribe) of this connection in flight: a
+    /// few at a time, the rest wait holding their credit, so one asker of
+    /// big records cannot fill the storage queue ahead of everyone else.
+    /// Closed when the connection goes, so what waits is dropped unread.
+    pub reads: ReadSlots,
+}
+
+/// Reads one connection may have in flight at once.
+pub const READS_IN_FLIGHT: usize = 8;
+
+pub struct ReadSlots(pub std::sync::Arc<tokio::sync::Semaphore>);
+
+impl Default for ReadSlots {
+    fn default() -> Self {
+        ReadSlots(std::sync::Arc::new(tokio::sync::Semaphore::new(
+            READS_IN_FLIGHT,
+        )))
+    }
+}
+
+impl Drop for ReadSlots {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 #[derive(Debug, Clone)]

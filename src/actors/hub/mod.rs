@@ -352,6 +352,11 @@ impl Hub {
     fn refuse(&mut self, conn: ConnId, kind: &str, request_id: &str, error: &str) {
         let client = self.conns.get(conn).map(|c| c.client_id.clone());
         crate::remote_log!(info, conn, client = ?client, request = kind, error, "refused a request");
+        self.answer_error(conn, kind, request_id, error);
+    }
+
+    /// The `error` frame of `refuse`, without its log line.
+    fn answer_error(&mut self, conn: ConnId, kind: &str, request_id: &str, error: &str) {
         let frame = serde_json::json!({
             "type": "error",
             "id": new_message_id(),
@@ -483,6 +488,9 @@ impl Hub {
                 Step::Store(batch) => self.store(conn, batch, ctx),
                 Step::Refuse { job, error } => {
                     self.record_invalid(conn, &error);
+                    if let Work::Put { id, .. } = &job.work {
+                        self.answer_error(conn, "put", id, &error.to_string());
+                    }
                     self.release(job.credit, job.from_server);
                 }
                 Step::Run(job) => self.run_request(conn, job, ctx),
@@ -504,22 +512,32 @@ impl Hub {
     ) {
         let crypto = self.crypto.clone();
         let pow = self.settings.pow;
+        // Proved servers send merged CRDT sets, which do not hash.
+        let crdt_hash = !self.conns.get(conn).is_some_and(|c| c.is_server);
         ctx.spawn(
-            async move { crypto.send(VerifyRecord { record, pow }).await }
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    let verdict = res.unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "crypto pool unreachable");
-                        Err(RecordError::InvalidData(
-                            "the node could not verify it".into(),
-                        ))
-                    });
-                    let steps = match act.pipelines.get_mut(&conn) {
-                        Some(p) => p.verified(seq, verdict),
-                        None => return,
-                    };
-                    act.run_steps(conn, steps, ctx);
-                }),
+            async move {
+                crypto
+                    .send(VerifyRecord {
+                        record,
+                        pow,
+                        crdt_hash,
+                    })
+                    .await
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                let verdict = res.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "crypto pool unreachable");
+                    Err(RecordError::InvalidData(
+                        "the node could not verify it".into(),
+                    ))
+                });
+                let steps = match act.pipelines.get_mut(&conn) {
+                    Some(p) => p.verified(seq, verdict),
+                    None => return,
+                };
+                act.run_steps(conn, steps, ctx);
+            }),
         );
     }
 
@@ -598,9 +616,10 @@ impl Hub {
                     };
                     self.relay_to_servers(&msg, sender, Some(&dedupe));
                 }
-                Fanout::Refused(e) => {
-                    tracing::debug!(client = %sender, error = %e, "refused a write to a frozen key")
-                }
+                Fanout::Refused(e) => match self.conns.of_client(sender) {
+                    Some(conn) => self.refuse(conn, "put", id, &e.to_string()),
+                    None => tracing::debug!(client = %sender, error = %e, "refused a record"),
+                },
                 Fanout::Failed(e) => {
                     tracing::error!(error = %e, "could not store a verified record")
                 }
@@ -656,14 +675,22 @@ impl Hub {
         let storage = self.storage.clone();
         let durability = self.durability.clone();
         let (key, id) = (req.key.clone(), req.id.clone());
+        let Some(slots) = self.conns.get(conn).map(|c| c.reads.0.clone()) else {
+            return drop(credit);
+        };
         ctx.spawn(
             async move {
+                // Closed: the asker is gone; nothing to read for it.
+                let slot = slots.acquire_owned().await.ok()?;
                 let read = storage.send(GetRecord { key }).await;
                 durability.synced().await;
-                read
+                Some((read, slot))
             }
             .into_actor(self)
             .map(move |res, act, _| {
+                let Some((res, _slot)) = res else {
+                    return drop(credit);
+                };
                 match res {
                     Ok(Ok(Some(record))) => {
                         act.sent.mark(&sender, &record.hash);
@@ -996,6 +1023,7 @@ impl Handler<ConnectionIdentified> for Hub {
                     reconcile: msg.reconcile,
                 }),
                 listed: ListedBudget::default(),
+                reads: Default::default(),
             },
         );
         if let Some(ping_id) = msg.ping_id {

@@ -251,7 +251,8 @@ pub fn fanout(outcome: StoredItem) -> Vec<Fanout> {
         StoredItem::Plain(Ok(StoreOutcome::Lost { current })) => {
             vec![Fanout::Answer { record: current }]
         }
-        StoredItem::Plain(Ok(StoreOutcome::Refused(e))) => vec![Fanout::Refused(e)],
+        StoredItem::Plain(Ok(StoreOutcome::Refused(e)))
+        | StoredItem::Crdt(Ok(CrdtOutcome::Refused(e)), _) => vec![Fanout::Refused(e)],
         StoredItem::Crdt(Ok(CrdtOutcome::Merged(merged)), incoming) => vec![
             Fanout::Push {
                 // The merged text changes while its hash may not.
