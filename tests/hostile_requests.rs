@@ -162,3 +162,19 @@ fn a_replayed_ping_is_refused_and_gets_none_of_the_victims_pushes() {
     writer.put("secret", json!("for the victim"));
     victim.expect("push", |v| v["type"] == "put" && v["data"]["k"] == "secret");
 }
+
+#[test]
+fn a_function_call_with_huge_arguments_gets_a_small_answer() {
+    let node = NodeProc::start(&[]);
+    let (mut caller, _) = RawPeer::client(node.port);
+    let args = json!(["a".repeat(900_000)]);
+    let name = "f".repeat(10_000);
+    for (id, function) in [("known", "peers"), ("unknown", name.as_str())] {
+        caller.send(&json!({"type":"function","id":id,"to":[],"function":function,"args":args}));
+        let r = caller.expect("functionReturn", |m| m["id"] == id);
+        let size = r.to_string().len();
+        eprintln!("function {id}: {size} bytes for 900 KB of arguments");
+        // Arguments are never echoed: no amplification.
+        assert!(size < 4096, "{size}");
+    }
+}
