@@ -10,6 +10,8 @@ pub mod dht;
 pub mod durability;
 pub mod endpoint;
 pub mod flow;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod messages;
 pub mod peer;
 pub mod reconcile;
