@@ -11,6 +11,8 @@ pub mod dht;
 pub mod durability;
 pub mod endpoint;
 pub mod flow;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod log_limit;
 pub mod messages;
 pub mod peer;

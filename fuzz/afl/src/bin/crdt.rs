@@ -1,0 +1,5 @@
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        tooldb_node::fuzzing::crdt(data);
+    });
+}
