@@ -244,9 +244,10 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
     // dials and plain HTTP requests such as /health.
     let headroom = FD_HEADROOM.min(open_files / 4);
     let fd_room = usize::try_from(open_files.saturating_sub(headroom)).unwrap_or(usize::MAX);
-    if admission_limits.max_connections > fd_room / 2 {
-        // Half: each websocket may also cost a dial back to a server.
-        let lowered = (fd_room / 2).max(1);
+    // Outbound dials go to known servers only, so at most this many.
+    let ws_room = fd_room.saturating_sub(config.limits.max_known_servers);
+    if admission_limits.max_connections > ws_room {
+        let lowered = ws_room.max(1);
         tracing::warn!(
             configured = admission_limits.max_connections,
             lowered,

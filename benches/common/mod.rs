@@ -20,7 +20,8 @@ pub fn connect(port: u16) -> (Ws, NodeKey) {
     let peer = Peer::sign(&key, "tool-db-default", "127.0.0.1", 8080, now_ms());
     let id = key.client_id().to_owned();
     ws.send(Message::text(
-        json!({"type":"ping","id":"p","to":[id],"clientId":id,"isServer":false,"peer":peer})
+        // A fresh id: Tool Db servers drop a message whose id they have seen.
+        json!({"type":"ping","id":tooldb_node::messages::wire::new_message_id(),"to":[id],"clientId":id,"isServer":false,"peer":peer})
             .to_string(),
     ))
     .unwrap();
