@@ -58,11 +58,6 @@ pub fn allow() -> bool {
     true
 }
 
-/// Lines dropped since the last one let through.
-pub fn suppressed() -> u64 {
-    SUPPRESSED.load(Ordering::Relaxed)
-}
-
 /// `tracing::$level!(...)` within the node's budget for remote-caused lines.
 #[macro_export]
 macro_rules! remote_log {

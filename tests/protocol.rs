@@ -408,13 +408,17 @@ fn two_peered_nodes_replicate_and_relay_gets() {
     cb.wait_value("from-a", &json!(1));
     cb.put("from-b", json!(2));
     ca.wait_value("from-b", &json!(2));
-    // b learned a as a server through a's ping.
+    // b learns a as a server from a's ping, once its own dial back to a's
+    // signed endpoint proves the claim (asynchronous: poll).
     let a_id = a.health()["clientId"].clone();
-    assert!(b.peers()["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|s| s["clientId"] == a_id));
+    wait_for("b to list a as a server", Duration::from_secs(15), || {
+        b.peers()["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["clientId"] == a_id)
+            .then_some(())
+    });
 }
 
 /// Equal timestamps: every server keeps the record with the larger hash,

@@ -31,7 +31,9 @@ use crate::messages::crypto::VerifyPing;
 use crate::messages::hub::{
     next_conn_id, ConnId, ConnectionClosed, ConnectionIdentified, FrameReceived,
 };
-use crate::messages::wire::{new_message_id, Extensions, Ping, WireError, WireLimits, WireMessage};
+use crate::messages::wire::{
+    error_frame, new_message_id, Extensions, Ping, WireError, WireLimits, WireMessage,
+};
 use crate::peer::PeerError;
 
 /// How often we ping an idle socket to see that it is alive.
@@ -167,13 +169,10 @@ impl ClientSession {
             Err(e) => {
                 if matches!(e, WireError::TooDeep { .. } | WireError::IdTooLong { .. }) {
                     // A well-formed message over a limit: say which.
-                    let answer = serde_json::json!({
-                        "type": "error",
-                        "id": new_message_id(),
-                        "to": [&*self.services.client_id],
-                        "error": e.to_string(),
-                    });
-                    let _ = self.outbox.push(answer.to_string().into());
+                    let to = [self.services.client_id.to_string()];
+                    let _ = self
+                        .outbox
+                        .push(error_frame(&to, None, &e.to_string()).into());
                 }
                 return self.bad_frame(ctx, &e);
             }

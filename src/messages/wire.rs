@@ -329,6 +329,24 @@ impl WireMessage {
     }
 }
 
+/// Our answer to a request refused at a limit: an `error` frame with a
+/// fresh id (Tool Db clients ignore unknown types, and a frame with the
+/// request's own id would consume their listener for it), naming the
+/// request in `re` and `request` when it could be read.
+pub fn error_frame(to: &[String], refused: Option<(&str, &str)>, error: &str) -> String {
+    let mut frame = serde_json::json!({
+        "type": "error",
+        "id": new_message_id(),
+        "to": to,
+        "error": error,
+    });
+    if let Some((kind, request_id)) = refused {
+        frame["re"] = request_id.into();
+        frame["request"] = kind.into();
+    }
+    frame.to_string()
+}
+
 /// A random message id as Tool Db makes them: 10 alphanumerics.
 pub fn new_message_id() -> String {
     use rand::distributions::Alphanumeric;

@@ -192,15 +192,18 @@ impl RawPeer {
             s.set_read_timeout(Some(Duration::from_millis(200)))
                 .unwrap();
         }
-        let client_id = key.client_id().to_owned();
+        RawPeer::with(ws, key, port)
+    }
+
+    fn with(ws: WebSocket<MaybeTlsStream<TcpStream>>, key: NodeKey, port: u16) -> RawPeer {
         let topic = http_get(port, "/health")
             .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
             .and_then(|h| h["topic"].as_str().map(str::to_owned))
             .unwrap_or_else(|| TOPIC.to_owned());
         RawPeer {
             ws,
+            client_id: key.client_id().to_owned(),
             key,
-            client_id,
             topic,
         }
     }
@@ -591,15 +594,6 @@ pub fn ws_from(
 impl RawPeer {
     /// A raw peer on a socket from `ws_from`, not yet pinged.
     pub fn on(ws: WebSocket<MaybeTlsStream<TcpStream>>, port: u16) -> RawPeer {
-        let key = NodeKey::generate(KeyScheme::P256);
-        RawPeer {
-            ws,
-            client_id: key.client_id().to_owned(),
-            key,
-            topic: http_get(port, "/health")
-                .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
-                .and_then(|h| h["topic"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| TOPIC.to_owned()),
-        }
+        RawPeer::with(ws, NodeKey::generate(KeyScheme::P256), port)
     }
 }

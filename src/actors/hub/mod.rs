@@ -357,15 +357,8 @@ impl Hub {
 
     /// The `error` frame of `refuse`, without its log line.
     fn answer_error(&mut self, conn: ConnId, kind: &str, request_id: &str, error: &str) {
-        let frame = serde_json::json!({
-            "type": "error",
-            "id": new_message_id(),
-            "to": self.own_to(),
-            "re": request_id,
-            "request": kind,
-            "error": error,
-        });
-        self.send_to_conn(conn, frame.to_string().into());
+        let frame = error_frame(&self.own_to(), Some((kind, request_id)), error);
+        self.send_to_conn(conn, frame.into());
     }
 
     /// The key a request or record names, if it is longer than allowed.
