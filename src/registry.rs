@@ -64,6 +64,11 @@ struct Link {
     conn: ConnId,
     outbound: bool,
     endpoint: Option<Endpoint>,
+    /// The peer is a tooldb-node (it offered our extension) and closes the
+    /// same duplicate we do. A Tool Db (JS) server keeps its state per
+    /// client id, so closing either of two links to it makes it forget us
+    /// while the other is alive: both are kept (the hub relays on one).
+    resolves_duplicates: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -306,6 +311,20 @@ impl RegistryState {
         peer: Peer,
         now: Instant,
     ) -> Vec<Action> {
+        self.connected_to(conn, outbound, endpoint, peer, true, now)
+    }
+
+    /// `connected`, saying whether the peer resolves duplicate links as we
+    /// do (a tooldb-node) or not (a Tool Db server).
+    pub fn connected_to(
+        &mut self,
+        conn: ConnId,
+        outbound: bool,
+        endpoint: Option<Endpoint>,
+        peer: Peer,
+        resolves_duplicates: bool,
+        now: Instant,
+    ) -> Vec<Action> {
         let _ = now;
         let mut actions = vec![];
         let address = peer.address.clone();
@@ -358,9 +377,10 @@ impl RegistryState {
             conn,
             outbound,
             endpoint,
+            resolves_duplicates,
         });
         actions.push(Action::Remember { peer });
-        if server.links.len() > 1 {
+        if server.links.len() > 1 && server.links.iter().all(|l| l.resolves_duplicates) {
             let prefer_outbound = keep_outbound(&self.self_address, &address);
             let keep = server
                 .links
@@ -643,6 +663,23 @@ mod tests {
         assert!(!acts
             .iter()
             .any(|a| matches!(a, Action::CloseInbound { .. })));
+    }
+
+    #[test]
+    fn two_links_to_a_tool_db_server_are_both_kept() {
+        // A JS Tool Db server dials us and our dial proves it: it keeps its
+        // state per client id, so closing either link would make it forget
+        // us while the other is up.
+        let me = NodeKey::generate(KeyScheme::Secp256k1);
+        let js = NodeKey::generate(KeyScheme::P256);
+        let now = Instant::now();
+        let mut r = state(&me);
+        r.connected_to(1, false, None, peer(&js, 30), false, now);
+        r.found(ep("127.0.0.1:30"), Source::Exchange, now);
+        let acts = r.connected_to(2, true, Some(ep("127.0.0.1:30")), peer(&js, 30), false, now);
+        assert!(!acts
+            .iter()
+            .any(|a| matches!(a, Action::CloseInbound { .. } | Action::StopDialing { .. })));
     }
 
     #[test]

@@ -195,11 +195,12 @@ impl Handler<ServersListed> for PeerRegistry {
 impl Handler<ServerConnected> for PeerRegistry {
     type Result = ();
     fn handle(&mut self, msg: ServerConnected, ctx: &mut Self::Context) {
-        let actions = self.state.connected(
+        let actions = self.state.connected_to(
             msg.conn,
             msg.outbound,
             msg.endpoint,
             msg.peer,
+            msg.tooldb_node,
             Instant::now(),
         );
         self.apply(actions, ctx);

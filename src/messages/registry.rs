@@ -17,6 +17,9 @@ pub struct ServerConnected {
     /// The endpoint we dialed (outbound only).
     pub endpoint: Option<crate::endpoint::Endpoint>,
     pub peer: Peer,
+    /// It offered our extension: a tooldb-node, which resolves duplicate
+    /// links as we do.
+    pub tooldb_node: bool,
 }
 
 /// A verified server connection closed (from the hub).

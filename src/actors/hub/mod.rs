@@ -987,6 +987,7 @@ impl Handler<ConnectionIdentified> for Hub {
                 outbound: msg.outbound,
                 endpoint: msg.dialed.clone(),
                 peer: peer.clone(),
+                tooldb_node: msg.reconcile,
             });
         }
         self.subs.client_back(&msg.client_id);
@@ -1093,6 +1094,7 @@ impl Hub {
                     outbound: false,
                     endpoint: None,
                     peer: claim.peer,
+                    tooldb_node: claim.reconcile,
                 });
             }
             self.reconcile_if(id, true, ctx);
