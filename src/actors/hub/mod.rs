@@ -62,6 +62,45 @@ use relay::{digest, relay_to, SentMemory};
 use servers::KnownServers;
 use subscriptions::Subscriptions;
 
+/// Work the hub waited for elsewhere (a pool's answer), handed back to it
+/// as a message. Waits are not spawned into the hub's context: actix polls
+/// every future of a context on each wake, so thousands of verifications
+/// in flight made each wake cost thousands of polls (a fifth of the node's
+/// CPU in the versus_js bench). A task of its own is polled only when its
+/// answer arrives.
+struct Resume(Box<dyn ResumeFn>);
+
+trait ResumeFn: FnOnce(&mut Hub, &mut Context<Hub>) + Send {}
+impl<F: FnOnce(&mut Hub, &mut Context<Hub>) + Send> ResumeFn for F {}
+
+impl Message for Resume {
+    type Result = ();
+}
+
+impl Handler<Resume> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resume, ctx: &mut Self::Context) {
+        (msg.0)(self, ctx)
+    }
+}
+
+/// Awaits `wait` as its own task, then runs `then` on the hub with its
+/// output. If the hub has stopped by then, `then` is dropped (and with it
+/// any credit it holds).
+fn resume_after<T, W, F>(ctx: &Context<Hub>, wait: W, then: F)
+where
+    W: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
+    F: FnOnce(&mut Hub, T, &mut Context<Hub>) + Send + 'static,
+{
+    let hub = ctx.address();
+    actix::spawn(async move {
+        let out = wait.await;
+        hub.do_send(Resume(Box::new(move |act, ctx| then(act, out, ctx))));
+    });
+}
+
 /// How often expired requests and long-gone clients are cleaned up.
 const CLEANUP_EVERY: Duration = Duration::from_secs(30);
 
@@ -507,7 +546,8 @@ impl Hub {
         let pow = self.settings.pow;
         // Proved servers send merged CRDT sets, which do not hash.
         let crdt_hash = !self.conns.get(conn).is_some_and(|c| c.is_server);
-        ctx.spawn(
+        resume_after(
+            ctx,
             async move {
                 crypto
                     .send(VerifyRecord {
@@ -516,9 +556,8 @@ impl Hub {
                         crdt_hash,
                     })
                     .await
-            }
-            .into_actor(self)
-            .map(move |res, act, ctx| {
+            },
+            move |act, res, ctx| {
                 let verdict = res.unwrap_or_else(|e| {
                     tracing::error!(error = %e, "crypto pool unreachable");
                     Err(RecordError::InvalidData(
@@ -530,7 +569,7 @@ impl Hub {
                     None => return,
                 };
                 act.run_steps(conn, steps, ctx);
-            }),
+            },
         );
     }
 
@@ -543,16 +582,16 @@ impl Hub {
             items.push((b.record, b.crdt));
             jobs.push(b.job);
         }
-        ctx.spawn(
+        resume_after(
+            ctx,
             async move {
                 let outcomes = storage.send(StoreBatch { items }).await;
                 // Group commit: the writes (or the stored winners they lost
                 // to) are exposed only once a flush covers them.
                 durability.synced().await;
                 outcomes
-            }
-            .into_actor(self)
-            .map(move |res, act, ctx| {
+            },
+            move |act, res, ctx| {
                 match res {
                     Ok(outcomes) => {
                         for (outcome, job) in outcomes.into_iter().zip(jobs) {
@@ -571,7 +610,7 @@ impl Hub {
                     None => return,
                 };
                 act.run_steps(conn, steps, ctx);
-            }),
+            },
         );
     }
 
@@ -661,7 +700,7 @@ impl Hub {
         sender: String,
         req: &KeyRequest,
         kind: &'static str,
-        missing: impl FnOnce(&mut Hub) + 'static,
+        missing: impl FnOnce(&mut Hub) + Send + 'static,
         credit: Credit,
         ctx: &mut Context<Self>,
     ) {
@@ -671,16 +710,16 @@ impl Hub {
         let Some(slots) = self.conns.get(conn).map(|c| c.reads.0.clone()) else {
             return drop(credit);
         };
-        ctx.spawn(
+        resume_after(
+            ctx,
             async move {
                 // Closed: the asker is gone; nothing to read for it.
                 let slot = slots.acquire_owned().await.ok()?;
                 let read = storage.send(GetRecord { key }).await;
                 durability.synced().await;
                 Some((read, slot))
-            }
-            .into_actor(self)
-            .map(move |res, act, _| {
+            },
+            move |act, res, _| {
                 let Some((res, _slot)) = res else {
                     return drop(credit);
                 };
@@ -695,7 +734,7 @@ impl Hub {
                     Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
                 }
                 drop(credit);
-            }),
+            },
         );
     }
 
@@ -741,20 +780,20 @@ impl Hub {
         let limit = self.settings.limits.query_max_keys;
         let relay = WireMessage::Query(req.clone());
         self.relay_to_servers(&relay, &sender, None);
-        ctx.spawn(
-            async move { storage.send(QueryKeys { prefix, limit }).await }
-                .into_actor(self)
-                .map(move |res, act, _| {
-                    match res {
-                        Ok(Ok(keys)) => {
-                            let text = act.query_ack(&req, keys);
-                            act.send_to_conn(conn, text.into());
-                        }
-                        Ok(Err(e)) => tracing::error!(error = %e, "query failed"),
-                        Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
+        resume_after(
+            ctx,
+            async move { storage.send(QueryKeys { prefix, limit }).await },
+            move |act, res, _| {
+                match res {
+                    Ok(Ok(keys)) => {
+                        let text = act.query_ack(&req, keys);
+                        act.send_to_conn(conn, text.into());
                     }
-                    drop(credit);
-                }),
+                    Ok(Err(e)) => tracing::error!(error = %e, "query failed"),
+                    Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
+                }
+                drop(credit);
+            },
         );
     }
 
