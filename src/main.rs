@@ -63,7 +63,8 @@ struct ClientArgs {
     /// A server (HOST:PORT); repeatable.
     #[arg(long = "peer", value_name = "HOST:PORT")]
     peers: Vec<String>,
-    /// The client's key, created if missing (default: a new key each run).
+    /// The key that signs records, created if missing (default: a new key
+    /// each run). Not the peer identity: each run has a fresh one.
     #[arg(long)]
     key_file: Option<PathBuf>,
     /// Scheme of a new key: secp256k1 or p256.

@@ -610,3 +610,48 @@ fn cli_watch_survives_a_killed_server() {
         "no duplicate lines"
     );
 }
+
+/// Issue 11, part 3: `watch` and `put` with the same `--key-file` are two
+/// peers. The key file signs records only; each run pings with a fresh
+/// peer key. Before, both used the key file's client id, and a server
+/// skips the ids in a put's `to` list when pushing to subscribers, so the
+/// watcher never saw the other process's writes pushed (it saw one only
+/// when it happened to read the key again after a reconnect).
+#[test]
+fn cli_watch_and_put_with_one_key_file_through_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key_file = dir.path().join("user.json");
+    let kf = key_file.to_str().unwrap();
+    // Made before both start (two processes creating it at once race).
+    NodeKey::generate(KeyScheme::Secp256k1)
+        .save(&key_file)
+        .unwrap();
+    let port = free_port();
+    let mut a = NodeProc::start_in(&data, port, &[]);
+    let pa = addr(&a);
+    let put = |v: &str| stdout_json(&cli(&["put", "mine", v, "--peer", &pa, "--key-file", kf]));
+    let w = Watcher::start(&["watch", "mine", "--peer", &pa, "--key-file", kf]);
+    // The first write may reach the watcher by its initial read; once it
+    // has, the watcher is subscribed and the next one must be pushed.
+    let first = put("1");
+    assert_eq!(w.next(), first);
+    let second = put("2");
+    assert_eq!(second["a"], first["a"], "one author");
+    assert_eq!(
+        w.next(),
+        second,
+        "a write signed by the watcher's own key is pushed"
+    );
+
+    a.kill();
+    let _a = NodeProc::start_in(&data, port, &[]);
+    let third = put("3");
+    assert_eq!(
+        w.next(),
+        third,
+        "the watcher is back on the restarted server"
+    );
+    let fourth = put("4");
+    assert_eq!(w.next(), fourth, "and pushed to after the restart");
+}

@@ -2,7 +2,9 @@
 //! `Client` handles (and a `DhtChannel`, when the DHT is used) hold its
 //! `Addr`.
 //!
-//! Owns the `ServerBook` (servers known, backoff, bad identities), the
+//! Owns this instance's peer key (its `clientId` on the wire, fresh per
+//! `Client`, apart from the key that signs records), the `ServerBook`
+//! (servers known, backoff, bad identities), the
 //! connections (`ServerConnection`, one per server identity), the requests
 //! in flight keyed by their wire ids, and the subscriptions.
 //! Receives from the `Client`: `WaitConnected`, `Publish`, `Request`,
@@ -80,7 +82,10 @@ struct SubState {
 
 pub struct ClientCore {
     settings: CoreSettings,
-    key: Arc<NodeKey>,
+    /// Our peer identity: signs our pings, names us in `to` lists. Never
+    /// the user's record-signing key, so two instances of one user (two
+    /// devices, or `watch` beside `put`) are two peers to the servers.
+    peer_key: Arc<NodeKey>,
     book: ServerBook,
     handles: HashMap<ConnId, Addr<ServerConnection>>,
     connected: HashMap<ConnId, Connected>,
@@ -97,14 +102,19 @@ pub struct ClientCore {
 }
 
 impl ClientCore {
-    pub fn new(settings: CoreSettings, key: Arc<NodeKey>, static_peers: Vec<Endpoint>) -> Self {
+    /// `peer_key` is this instance's peer identity (see the field).
+    pub fn new(
+        settings: CoreSettings,
+        peer_key: Arc<NodeKey>,
+        static_peers: Vec<Endpoint>,
+    ) -> Self {
         let mut book = ServerBook::default();
         for ep in static_peers {
             book.add(ep, Source::Static, None);
         }
         ClientCore {
             settings,
-            key,
+            peer_key,
             book,
             handles: HashMap::new(),
             connected: HashMap::new(),
@@ -126,7 +136,7 @@ impl ClientCore {
     }
 
     fn own_to(&self) -> Vec<String> {
-        vec![self.key.client_id().to_owned()]
+        vec![self.peer_key.client_id().to_owned()]
     }
 
     fn fill(&mut self, ctx: &mut Context<Self>) {
@@ -141,7 +151,7 @@ impl ClientCore {
                 conn,
                 ep,
                 ctx.address(),
-                self.key.clone(),
+                self.peer_key.clone(),
                 self.settings.topic.clone(),
                 self.settings.handshake_timeout,
             )

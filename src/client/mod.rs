@@ -243,9 +243,13 @@ impl ClientBuilder {
         };
         let topic = self.topic.clone();
         let dht = self.dht.clone();
-        let core_key = key.clone();
+        // A fresh peer identity per instance, as Tool Db's clients have:
+        // the user's key signs records only. Sharing it made two clients
+        // of one key one `clientId`, and a server skips the ids in a put's
+        // `to` list when pushing, so a `watch` missed the other's writes.
+        let peer_key = Arc::new(NodeKey::generate(KeyScheme::default()));
         let core = ClientCore::create(move |ctx| {
-            let core = ClientCore::new(settings, core_key, endpoints);
+            let core = ClientCore::new(settings, peer_key, endpoints);
             match dht {
                 Some(bootstrap) => {
                     let ch = DhtChannel::supervised(
@@ -335,7 +339,8 @@ impl Client {
         ClientBuilder::default()
     }
 
-    /// Our address (the author of what we write).
+    /// Our address (the author of what we write). Not our peer identity:
+    /// each instance pings with a fresh peer key of its own.
     pub fn address(&self) -> &str {
         self.key.address()
     }
