@@ -9,8 +9,16 @@ use std::time::Duration;
 
 use sha1::{Digest, Sha1};
 
-/// Delay before the second lookup of a topic; later ones double from here.
+/// Delay before the second lookup of a topic once a server is connected;
+/// later ones double from here.
 pub const LOOKUP_FIRST_DELAY: Duration = Duration::from_secs(1);
+/// Delay before the second lookup while no server of the topic is
+/// connected (searching): a server announced a moment after our first
+/// lookup is found this soon after.
+pub const SEARCH_FIRST_DELAY: Duration = Duration::from_millis(250);
+/// Cap of the delay between two lookups while searching: bounded DHT
+/// traffic for a node alone on its topic (one lookup per 5 s).
+pub const SEARCH_MAX: Duration = Duration::from_secs(5);
 /// Default cap of the delay between two lookups of a topic.
 pub const LOOKUP_MAX: Duration = Duration::from_secs(5 * 60);
 /// How often we re-announce a topic. BEP 5 peers live about 30 minutes on
@@ -84,6 +92,30 @@ impl LookupSchedule {
     /// Back to short delays: the next one is `initial` again.
     pub fn reset(&mut self) {
         self.next = Some(self.initial);
+    }
+
+    /// The schedule of a topic with no server connected: a lookup at
+    /// once, then after `SEARCH_FIRST_DELAY`, doubling up to `SEARCH_MAX`.
+    pub fn searching() -> Self {
+        LookupSchedule::new(SEARCH_FIRST_DELAY, SEARCH_MAX)
+    }
+
+    /// The schedule once a server is connected: the next lookup after
+    /// `LOOKUP_FIRST_DELAY` (not at once: one just found it), doubling up
+    /// to `max`, to learn of more servers and of new ones.
+    pub fn connected(max: Duration) -> Self {
+        let mut s = LookupSchedule::new(LOOKUP_FIRST_DELAY, max);
+        s.reset();
+        s
+    }
+
+    /// The schedule for a topic, searching or not.
+    pub fn for_state(searching: bool, max: Duration) -> Self {
+        if searching {
+            LookupSchedule::searching()
+        } else {
+            LookupSchedule::connected(max)
+        }
     }
 }
 
@@ -228,6 +260,40 @@ mod tests {
         sched.reset();
         assert_eq!(sched.next_delay(), s(1), "reset goes back to short");
         assert_eq!(sched.next_delay(), s(2));
+    }
+
+    /// Issue 11, part 1: a node with no server connected looks up again
+    /// within a quarter second, then less often but at least every 5 s;
+    /// once connected it backs off from 1 s up to its cap.
+    #[test]
+    fn lookups_are_frequent_while_searching_and_back_off_once_connected() {
+        let ms = Duration::from_millis;
+        let mut sched = LookupSchedule::searching();
+        let got: Vec<_> = (0..8).map(|_| sched.next_delay()).collect();
+        assert_eq!(
+            got,
+            vec![
+                ms(0),
+                ms(250),
+                ms(500),
+                ms(1000),
+                ms(2000),
+                ms(4000),
+                ms(5000),
+                ms(5000)
+            ]
+        );
+        let mut sched = LookupSchedule::connected(Duration::from_secs(300));
+        let got: Vec<_> = (0..3).map(|_| sched.next_delay()).collect();
+        assert_eq!(got, vec![ms(1000), ms(2000), ms(4000)], "no lookup at once");
+        for _ in 0..64 {
+            sched.next_delay();
+        }
+        assert_eq!(sched.next_delay(), Duration::from_secs(300));
+        assert_eq!(
+            LookupSchedule::for_state(true, LOOKUP_MAX),
+            LookupSchedule::searching()
+        );
     }
 
     #[test]

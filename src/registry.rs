@@ -483,6 +483,11 @@ impl RegistryState {
         actions
     }
 
+    /// Whether any server has a verified link up.
+    pub fn any_connected(&self) -> bool {
+        self.servers.values().any(|s| !s.links.is_empty())
+    }
+
     pub fn is_connected(&self, address: &str) -> bool {
         self.server_connected(&Some(address.to_owned()))
     }

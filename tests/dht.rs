@@ -205,6 +205,16 @@ async fn two_announcing_channels_find_each_other() {
         found_b.first_sighting(local(40001)).unwrap() - start,
     );
 
+    // Lookups start with the socket (issue 11): the routing table's
+    // bootstrap and the node info may come after the first sighting.
+    wait_until("A to bootstrap, know its address and announce", || {
+        let a = a.clone();
+        async move {
+            let s = status(&a).await;
+            s.bootstrapped && s.public_address.is_some() && s.topics[0].announced
+        }
+    })
+    .await;
     let sa = status(&a).await;
     assert!(sa.bootstrapped);
     assert_eq!(sa.reachability, Reachability::Reachable);

@@ -181,6 +181,41 @@ fn announce_junk(boot: &str, topic: &str, ports: &[u16]) -> mainline::Dht {
     dht
 }
 
+/// Issue 11, part 1: a server started after another has announced finds
+/// it with its first lookup, started as soon as its DHT socket is up (not
+/// after the routing table bootstrap), dials at once, and the early server
+/// counts the late one's inbound ping: both list each other as connected
+/// within `FIRST_CONTACT` of the late server's spawn (the goal is 1 s; the
+/// bound leaves room for a debug build on a loaded machine). Before, the
+/// late server first waited for its bootstrap, then looked up on a
+/// schedule that started at 1 s: 2 to 6 s on a private DHT.
+#[test]
+fn a_late_server_and_an_early_one_meet_within_moments() {
+    const FIRST_CONTACT: Duration = Duration::from_secs(2);
+    let boot = DhtBoot::start();
+    let _storage = storage_nodes(&boot.addr, 4);
+    let a = dht_node(&boot, "fast-first-contact");
+    wait_for("A's first announce", MEET, || {
+        a.log().contains("announced on the DHT").then_some(())
+    });
+    let spawned = std::time::Instant::now();
+    let b = dht_node(&boot, "fast-first-contact");
+    let (ia, ib) = (client_id(&a), client_id(&b));
+    while !(connected_to(&a, &ib) && connected_to(&b, &ia)) {
+        assert!(
+            spawned.elapsed() < FIRST_CONTACT,
+            "the late server and the early one did not meet within {FIRST_CONTACT:?}:\na: {}\nb: {}",
+            a.peers(),
+            b.peers()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "met {} ms after the late server's spawn",
+        spawned.elapsed().as_millis()
+    );
+}
+
 /// Server-mode DHT nodes joining the private DHT at `boot`: storage nodes.
 /// A storage node returns at most 10 random peers per reply (DHT-NOTES), so
 /// with one storage node a topic holding 32 peers shows each server to a

@@ -6,15 +6,22 @@
 //! Owns the `mainline` node, the topics joined (with their lookup and
 //! announce timers) and what the DHT reports about us: our public address
 //! and whether we are reachable from outside.
-//! Receives `JoinTopic`, `LeaveTopic`, `LookupNow`, `GetDhtStatus`.
+//! Receives `JoinTopic`, `LeaveTopic`, `LookupNow`, `SetSearching`,
+//! `GetDhtStatus`.
 //! Emits `EndpointsFound` to the `Recipient` given at construction (the
 //! peer registry): every endpoint a lookup returns, once per lookup,
 //! unfiltered (ourselves and junk included).
 //!
 //! On start it waits out its backoff, resolves the bootstrap nodes and
-//! builds the DHT (on the blocking pool: both block), then bootstraps.
-//! Joined topics are looked up at once and then on their `LookupSchedule`;
-//! a topic with a port is announced right away and every `announce_every`,
+//! builds the DHT (on the blocking pool: both block). As soon as the socket
+//! is up, joined topics are looked up (a lookup with an empty routing table
+//! asks the bootstrap nodes) while the routing table bootstraps alongside:
+//! first contact costs one lookup, not a bootstrap plus a lookup. Each
+//! batch of peers a lookup streams goes out at once. Then lookups follow
+//! the topic's `LookupSchedule`: short and bounded while searching (no
+//! server of the topic connected, the default; the owner says otherwise
+//! with `SetSearching`), backing off once connected.
+//! A topic with a port is announced right away and every `announce_every`,
 //! but only while the DHT reports us reachable, or our DHT socket is bound
 //! to loopback (a node it cannot reach looks up only). Every DHT call runs as a spawned future.
 //!
@@ -41,11 +48,12 @@ use crate::backoff::backoff_delay;
 use crate::dht::{
     announce_decision, new_endpoints, topic_info_hash, AnnounceDecision, DhtError, LookupSchedule,
     Reachability, ANNOUNCE_EVERY, ANNOUNCE_RETRY, ANNOUNCE_TIMEOUT, BOOTSTRAP_TIMEOUT,
-    HEALTH_CHECK_EVERY, INFO_REFRESH_EVERY, LOOKUP_FIRST_DELAY, LOOKUP_MAX, LOOKUP_TIMEOUT,
-    REACHABILITY_GRACE, REACHABILITY_POLL, RETRY_INITIAL, RETRY_MAX,
+    HEALTH_CHECK_EVERY, INFO_REFRESH_EVERY, LOOKUP_MAX, LOOKUP_TIMEOUT, REACHABILITY_GRACE,
+    REACHABILITY_POLL, RETRY_INITIAL, RETRY_MAX,
 };
 use crate::messages::dht::{
-    DhtStatus, EndpointsFound, GetDhtStatus, JoinTopic, LeaveTopic, LookupNow, TopicStatus,
+    DhtStatus, EndpointsFound, GetDhtStatus, JoinTopic, LeaveTopic, LookupNow, SetSearching,
+    TopicStatus,
 };
 
 /// How the channel builds and runs its DHT node.
@@ -212,6 +220,8 @@ struct Topic {
     /// older one are ignored.
     generation: u64,
     schedule: LookupSchedule,
+    /// No server of this topic is connected: look up often (bounded).
+    searching: bool,
     lookup_timer: Option<SpawnHandle>,
     announce_timer: Option<SpawnHandle>,
     lookup_running: bool,
@@ -224,6 +234,9 @@ pub struct DhtChannel {
     settings: DhtSettings,
     found: Recipient<EndpointsFound>,
     dht: Option<AsyncDht>,
+    /// When the DHT socket came up (lookups and announces start then).
+    socket_up: Option<Instant>,
+    /// When the routing table bootstrapped.
     up_since: Option<Instant>,
     info: Option<NodeInfo>,
     topics: HashMap<String, Topic>,
@@ -246,6 +259,7 @@ impl DhtChannel {
             settings,
             found,
             dht: None,
+            socket_up: None,
             up_since: None,
             info: None,
             topics: HashMap::new(),
@@ -289,6 +303,7 @@ impl DhtChannel {
             match built {
                 Ok(dht) => {
                     act.dht = Some(dht.as_async());
+                    act.on_socket_up(ctx);
                     act.bootstrap(ctx);
                 }
                 Err(e) => act.fail(e, ctx),
@@ -308,7 +323,7 @@ impl DhtChannel {
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(Ok((true, info))) => {
                 act.info = Some(info);
-                act.on_up(ctx);
+                act.on_bootstrapped(ctx);
             }
             Ok(Ok((false, _))) => act.fail(
                 DhtError::NotBootstrapped {
@@ -326,7 +341,19 @@ impl DhtChannel {
         }));
     }
 
-    fn on_up(&mut self, ctx: &mut Context<Self>) {
+    /// The socket is up: topics start now, without waiting for the
+    /// routing table (mainline asks the bootstrap nodes while it is empty).
+    fn on_socket_up(&mut self, ctx: &mut Context<Self>) {
+        self.socket_up = Some(Instant::now());
+        self.refresh_info(ctx);
+        ctx.run_interval(INFO_REFRESH_EVERY, |act, ctx| act.refresh_info(ctx));
+        let names: Vec<String> = self.topics.keys().cloned().collect();
+        for name in names {
+            self.start_topic(&name, ctx);
+        }
+    }
+
+    fn on_bootstrapped(&mut self, ctx: &mut Context<Self>) {
         let local = self.info.map(|i| i.local_addr.to_string());
         if self.down_logged {
             tracing::info!(failures = self.failures, local = ?local, "DHT discovery recovered");
@@ -336,12 +363,7 @@ impl DhtChannel {
         self.down_logged = false;
         self.failures = 0;
         self.up_since = Some(Instant::now());
-        ctx.run_interval(INFO_REFRESH_EVERY, |act, ctx| act.refresh_info(ctx));
         ctx.run_interval(HEALTH_CHECK_EVERY, |act, ctx| act.health_check(ctx));
-        let names: Vec<String> = self.topics.keys().cloned().collect();
-        for name in names {
-            self.start_topic(&name, ctx);
-        }
     }
 
     /// Records the failure, logs an outage once, and stops: the
@@ -400,7 +422,7 @@ impl DhtChannel {
             return;
         };
         t.generation = generation;
-        t.schedule = LookupSchedule::new(LOOKUP_FIRST_DELAY, lookup_max);
+        t.schedule = LookupSchedule::for_state(t.searching, lookup_max);
         t.lookup_running = false;
         let delay = t.schedule.next_delay();
         let announces = t.port.is_some();
@@ -502,7 +524,7 @@ impl DhtChannel {
     /// while that is undecided; skips the round otherwise.
     fn announce(&mut self, name: &str, generation: u64, ctx: &mut Context<Self>) {
         let dht = self.dht.clone();
-        let up_for = self.up_since.map(|t| t.elapsed()).unwrap_or_default();
+        let up_for = self.socket_up.map(|t| t.elapsed()).unwrap_or_default();
         let Some(t) = self.live_topic(name, generation) else {
             return;
         };
@@ -583,6 +605,7 @@ impl DhtChannel {
                 topic: name.clone(),
                 port: t.port,
                 announced: t.announced,
+                searching: t.searching,
                 lookups: t.lookups,
                 last_lookup_endpoints: t.last_lookup_endpoints,
             })
@@ -629,6 +652,7 @@ impl Supervised for DhtChannel {
         // Dropping the handle ends mainline's thread and frees its socket.
         self.dht = None;
         self.failing = false;
+        self.socket_up = None;
         self.up_since = None;
         self.info = None;
         for t in self.topics.values_mut() {
@@ -643,7 +667,7 @@ impl Handler<JoinTopic> for DhtChannel {
     type Result = ();
 
     fn handle(&mut self, msg: JoinTopic, ctx: &mut Self::Context) {
-        let up = self.up_since.is_some();
+        let up = self.socket_up.is_some();
         if let Some(t) = self.topics.get_mut(&msg.topic) {
             if t.port == msg.port {
                 return;
@@ -667,7 +691,8 @@ impl Handler<JoinTopic> for DhtChannel {
                 info_hash: Id::from(topic_info_hash(&msg.topic)),
                 port: msg.port,
                 generation: 0,
-                schedule: LookupSchedule::default(),
+                schedule: LookupSchedule::searching(),
+                searching: true,
                 lookup_timer: None,
                 announce_timer: None,
                 lookup_running: false,
@@ -699,7 +724,7 @@ impl Handler<LookupNow> for DhtChannel {
     type Result = ();
 
     fn handle(&mut self, msg: LookupNow, ctx: &mut Self::Context) {
-        let up = self.up_since.is_some();
+        let up = self.socket_up.is_some();
         let Some(t) = self.topics.get_mut(&msg.topic) else {
             return;
         };
@@ -708,6 +733,30 @@ impl Handler<LookupNow> for DhtChannel {
         // short first delay.
         if up && !t.lookup_running {
             self.schedule_lookup(&msg.topic, Duration::ZERO, ctx);
+        }
+    }
+}
+
+impl Handler<SetSearching> for DhtChannel {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetSearching, ctx: &mut Self::Context) {
+        let up = self.socket_up.is_some();
+        let lookup_max = self.settings.lookup_max;
+        let Some(t) = self.topics.get_mut(&msg.topic) else {
+            return;
+        };
+        if t.searching == msg.searching {
+            return;
+        }
+        tracing::debug!(topic = %msg.topic, searching = msg.searching, "DHT lookup pace changed");
+        t.searching = msg.searching;
+        t.schedule = LookupSchedule::for_state(msg.searching, lookup_max);
+        // A running lookup takes the new schedule when it ends; otherwise
+        // the pending timer is replaced (searching: a lookup at once).
+        if up && !t.lookup_running {
+            let delay = t.schedule.next_delay();
+            self.schedule_lookup(&msg.topic, delay, ctx);
         }
     }
 }

@@ -4,7 +4,7 @@
 //! is done.
 //!
 //! On start it waits out its backoff, dials (`transport::dial`), sends our
-//! `ping`, and checks the `pong`: the responder must list a verifiable
+//! `ping` (with our peer record signed afresh for it), and checks the `pong`: the responder must list a verifiable
 //! peer record of its own client id. Then every frame goes to the hub as
 //! `FrameReceived`, with the credit it took (`flow::Gated`): the link is
 //! slowed down when this node is busy, never closed for volume. A writer
@@ -25,7 +25,7 @@ use crate::backoff::backoff_delay;
 use crate::endpoint::Endpoint;
 use crate::flow::{self, Credit, Gated, Outbox, WriterEnd};
 use crate::messages::connection::{CloseConnection, ConnHandle};
-use crate::messages::crypto::VerifyServers;
+use crate::messages::crypto::{SignPeer, VerifyServers};
 use crate::messages::hub::{
     next_conn_id, ConnId, ConnectionClosed, ConnectionIdentified, FrameReceived, GetSelfPeer,
 };
@@ -125,26 +125,41 @@ impl PeerConnection {
 
     fn send_ping(&mut self, ctx: &mut Context<Self>) {
         let hub = self.services.hub.clone();
+        let crypto = self.services.crypto.clone();
+        // A record signed for this ping, newer than the one our pongs list:
+        // a server that dialed us has seen that one, and refuses a ping
+        // that is not newer than it as a replay (so a record copied off a
+        // pong cannot pass for us). With the listed record, a dial back to
+        // verify a server's claim failed until the next re-sign (minutes).
         ctx.spawn(
-            async move { hub.send(GetSelfPeer).await }
-                .into_actor(self)
-                .map(|res, act, ctx| {
-                    let Ok(peer) = res else {
-                        return ctx.stop();
-                    };
-                    let id = new_message_id();
-                    let ping = WireMessage::Ping(Ping {
-                        id: id.clone(),
-                        to: vec![act.services.client_id.to_string()],
-                        client_id: act.services.client_id.to_string(),
-                        is_server: true,
-                        peer: Some(serde_json::to_value(peer).expect("peer serialises")),
-                        ext: Some(Extensions::ours()),
-                    });
-                    act.state = State::AwaitingPong(id);
-                    // The outbox is empty: a ping always fits.
-                    let _ = act.outbox.push(ping.to_text().into());
-                }),
+            async move {
+                let current = hub.send(GetSelfPeer).await?;
+                crypto
+                    .send(SignPeer {
+                        topic: current.topic,
+                        host: current.host,
+                        port: current.port,
+                    })
+                    .await
+            }
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                let Ok(peer) = res else {
+                    return ctx.stop();
+                };
+                let id = new_message_id();
+                let ping = WireMessage::Ping(Ping {
+                    id: id.clone(),
+                    to: vec![act.services.client_id.to_string()],
+                    client_id: act.services.client_id.to_string(),
+                    is_server: true,
+                    peer: Some(serde_json::to_value(peer).expect("peer serialises")),
+                    ext: Some(Extensions::ours()),
+                });
+                act.state = State::AwaitingPong(id);
+                // The outbox is empty: a ping always fits.
+                let _ = act.outbox.push(ping.to_text().into());
+            }),
         );
     }
 

@@ -9,7 +9,9 @@
 //! starts a supervised `PeerConnection` per endpoint to dial, stops
 //! duplicate dialers, asks the hub to close duplicate inbound links, and
 //! saves verified servers in the peer book (sled), which it reads at start
-//! so known servers are dialed before the DHT answers. Stops with the system.
+//! so known servers are dialed before the DHT answers. It tells the
+//! `DhtChannel` (`SetSearching`) whether any server is connected: while
+//! none is, the topic is looked up often. Stops with the system.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,7 +24,7 @@ use crate::actors::storage::Storage;
 use crate::actors::Services;
 use crate::endpoint::Endpoint;
 use crate::messages::connection::CloseConnection;
-use crate::messages::dht::{EndpointsFound, LookupNow};
+use crate::messages::dht::{EndpointsFound, LookupNow, SetSearching};
 use crate::messages::hub::DropConnection;
 use crate::messages::registry::*;
 use crate::messages::storage::{LoadPeers, SavePeer};
@@ -38,6 +40,8 @@ pub struct PeerRegistry {
     static_peers: Vec<Endpoint>,
     dialers: HashMap<Endpoint, Addr<PeerConnection>>,
     dht: Option<Addr<DhtChannel>>,
+    /// What the DHT channel was last told: no server connected.
+    searching: bool,
 }
 
 /// Tells the registry which DHT channel to ask for a fresh lookup when a
@@ -72,6 +76,23 @@ impl PeerRegistry {
             static_peers,
             dialers: HashMap::new(),
             dht: None,
+            searching: true,
+        }
+    }
+
+    /// Tells the DHT channel when the node goes from no server connected
+    /// to some, or back: it looks up often only while searching.
+    fn update_searching(&mut self, force: bool) {
+        let searching = !self.state.any_connected();
+        if searching == self.searching && !force {
+            return;
+        }
+        self.searching = searching;
+        if let Some(dht) = &self.dht {
+            dht.do_send(SetSearching {
+                topic: self.services.config.topic.clone(),
+                searching,
+            });
         }
     }
 
@@ -155,6 +176,7 @@ impl Handler<UseDht> for PeerRegistry {
     type Result = ();
     fn handle(&mut self, msg: UseDht, _: &mut Self::Context) {
         self.dht = Some(msg.0);
+        self.update_searching(true);
     }
 }
 
@@ -204,6 +226,7 @@ impl Handler<ServerConnected> for PeerRegistry {
             Instant::now(),
         );
         self.apply(actions, ctx);
+        self.update_searching(false);
     }
 }
 
@@ -214,6 +237,7 @@ impl Handler<ServerDisconnected> for PeerRegistry {
             .state
             .disconnected(msg.conn, &msg.address, Instant::now());
         self.apply(actions, ctx);
+        self.update_searching(false);
         if !self.state.is_connected(&msg.address) {
             if let Some(dht) = &self.dht {
                 dht.do_send(LookupNow {

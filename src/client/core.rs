@@ -36,7 +36,7 @@ use crate::client::messages::{
     WaitConnected,
 };
 use crate::crypto::NodeKey;
-use crate::messages::dht::{EndpointsFound, LookupNow};
+use crate::messages::dht::{EndpointsFound, SetSearching};
 use crate::messages::hub::{next_conn_id, ConnId};
 use crate::messages::wire::{new_message_id, FunctionCall, KeyRequest, PutData, WireMessage};
 use crate::peer::Peer;
@@ -133,6 +133,17 @@ impl ClientCore {
     pub fn with_dht(mut self, dht: Addr<DhtChannel>) -> Self {
         self.dht = Some(dht);
         self
+    }
+
+    /// Tells the DHT channel whether we have no server (look up often; at
+    /// once when this turns on) or some (back off).
+    fn set_searching(&self, searching: bool) {
+        if let Some(dht) = &self.dht {
+            dht.do_send(SetSearching {
+                topic: self.settings.topic.clone(),
+                searching,
+            });
+        }
     }
 
     fn own_to(&self) -> Vec<String> {
@@ -403,6 +414,9 @@ impl Handler<ServerIdentified> for ClientCore {
                 endpoint,
             },
         );
+        if self.connected.len() == 1 {
+            self.set_searching(false);
+        }
         for w in self.waiters.drain(..) {
             let _ = w.send(());
         }
@@ -442,11 +456,7 @@ impl Handler<ServerClosed> for ClientCore {
             self.answered(req, conn);
         }
         if self.connected.is_empty() {
-            if let Some(dht) = &self.dht {
-                dht.do_send(LookupNow {
-                    topic: self.settings.topic.clone(),
-                });
-            }
+            self.set_searching(true);
         }
         self.fill(ctx);
     }

@@ -33,6 +33,16 @@ pub struct LookupNow {
     pub topic: String,
 }
 
+/// Whether a joined topic is searching (no server of it connected: look
+/// it up often, at once when this turns on) or not (back off). Topics
+/// start searching. Ignored for a topic not joined.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct SetSearching {
+    pub topic: String,
+    pub searching: bool,
+}
+
 /// What the channel knows about the DHT and its topics.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "DhtStatus")]
@@ -80,6 +90,8 @@ pub struct TopicStatus {
     pub port: Option<u16>,
     /// At least one announce of this topic succeeded since it was joined.
     pub announced: bool,
+    /// No server of it is connected: looked up often.
+    pub searching: bool,
     /// Lookups finished since the topic was joined.
     pub lookups: u64,
     /// Distinct endpoints the last finished lookup returned.
