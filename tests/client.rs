@@ -655,3 +655,35 @@ fn cli_watch_and_put_with_one_key_file_through_a_server_restart() {
     let fourth = put("4");
     assert_eq!(w.next(), fourth, "and pushed to after the restart");
 }
+
+/// Issue 11, part 2: our servers answer our client's get miss explicitly
+/// (the `missing` extension, asked for in the client's ping), so a get of
+/// a key no server holds returns `None` as soon as every server answered,
+/// not after the request timeout (here a minute, past the test's deadline).
+#[actix::test]
+async fn a_get_miss_is_answered_without_waiting_for_the_timeout() {
+    init_tracing();
+    let (a, b) = two_peered_servers();
+    let c = Client::builder()
+        .peers([addr(&a), addr(&b)])
+        .request_timeout(Duration::from_secs(60))
+        .connect_timeout(DEADLINE)
+        .connect()
+        .await
+        .unwrap();
+    eventually("both servers connected", || async {
+        (c.servers().await.unwrap().len() == 2).then_some(())
+    })
+    .await;
+    let got = tokio::time::timeout(DEADLINE, c.get("no-such-key"))
+        .await
+        .expect("the miss was answered, not timed out");
+    assert!(got.unwrap().is_none());
+    let put = c.put("now-there", json!(1)).await.unwrap();
+    let got = tokio::time::timeout(DEADLINE, c.get("now-there"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.map(|r| r.hash), Some(put.hash), "a hit still wins");
+    c.close();
+}

@@ -220,6 +220,7 @@ impl PeerConnection {
                         outbound: true,
                         dialed: Some(act.target.clone()),
                         reconcile,
+                        wants_missing: false,
                         ping_id: None,
                         servers,
                     });

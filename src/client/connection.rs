@@ -25,7 +25,7 @@ use crate::client::messages::{CloseServer, SendText, ServerClosed, ServerFrame, 
 use crate::crypto::NodeKey;
 use crate::flow::{self, Outbox, OutboxLimits, WriterEnd};
 use crate::messages::hub::ConnId;
-use crate::messages::wire::{new_message_id, Ping, Pong, WireMessage};
+use crate::messages::wire::{new_message_id, Extensions, Ping, Pong, WireMessage};
 use crate::peer::Peer;
 use crate::record::now_ms;
 use crate::transport::{self, Incoming, WsItem};
@@ -112,7 +112,9 @@ impl ServerConnection {
             client_id: own,
             is_server: false,
             peer: Some(serde_json::to_value(peer).expect("peer serialises")),
-            ext: None,
+            // Ask our servers to answer a get miss at once; Tool Db
+            // servers ignore the field, and we wait out the timeout there.
+            ext: Some(Extensions::client()),
         });
         self.state = State::AwaitingPong(id);
         self.write(ping.to_text());

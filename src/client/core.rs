@@ -470,6 +470,16 @@ impl Handler<ServerFrame> for ClientCore {
             return;
         }
         match msg.msg {
+            // A server of ours has no record of the key: it has answered.
+            WireMessage::Missing(m) => {
+                if let Some((req, asked)) = self.wire_ids.remove(&m.id) {
+                    if asked == conn {
+                        self.answered(req, asked);
+                    } else {
+                        self.wire_ids.insert(m.id, (req, asked));
+                    }
+                }
+            }
             WireMessage::Put(p) => self.on_record(conn, &p.id, p.data, false),
             WireMessage::CrdtPut(p) => self.on_record(conn, &p.id, p.data, true),
             WireMessage::QueryAck(a) => {

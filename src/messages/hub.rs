@@ -36,6 +36,9 @@ pub struct ConnectionIdentified {
     pub dialed: Option<crate::endpoint::Endpoint>,
     /// The remote offered our anti-entropy extension.
     pub reconcile: bool,
+    /// The remote asked for `missing` answers to its get misses (a client
+    /// of ours: `Extensions::client`).
+    pub wants_missing: bool,
     /// The ping to answer with a pong (inbound connections).
     pub ping_id: Option<String>,
     /// Servers the remote listed in its pong, already verified.

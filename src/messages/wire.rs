@@ -25,6 +25,11 @@ pub enum WireMessage {
     Function(FunctionCall),
     FunctionReturn(FunctionReturn),
     Reconcile(Reconcile),
+    /// Our extension: "no record of this key here", the answer to a `get`
+    /// or `crdtGet` of ours (same id) that the server could not answer
+    /// from its store. Sent only to a peer whose ping offered
+    /// `Extensions::missing`, so a stock Tool Db peer never sees one.
+    Missing(KeyRequest),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,16 +57,40 @@ pub struct Extensions {
     /// Version of the `reconcile` anti-entropy messages spoken (0 = none).
     #[serde(default)]
     pub reconcile: u32,
+    /// Version of the `missing` answer the sender wants for a get miss
+    /// (0 = none: it waits out its timeout, as Tool Db clients do).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub missing: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// The anti-entropy version this build speaks.
 pub const RECONCILE_VERSION: u32 = 1;
+/// The version of the `missing` answer this build speaks.
+pub const MISSING_VERSION: u32 = 1;
 
 impl Extensions {
+    /// What a server of ours offers (to servers and in pongs).
     pub fn ours() -> Extensions {
         Extensions {
             reconcile: RECONCILE_VERSION,
+            missing: 0,
         }
+    }
+
+    /// What our client asks for in its ping: a `missing` answer to a miss.
+    pub fn client() -> Extensions {
+        Extensions {
+            reconcile: 0,
+            missing: MISSING_VERSION,
+        }
+    }
+
+    pub fn wants_missing(ext: &Option<Extensions>) -> bool {
+        ext.is_some_and(|e| e.missing == MISSING_VERSION)
     }
 
     pub fn reconciles(ext: &Option<Extensions>) -> bool {
@@ -254,6 +283,7 @@ impl WireMessage {
             "function" => WireMessage::Function(body(&kind, text)?),
             "functionReturn" => WireMessage::FunctionReturn(body(&kind, text)?),
             "reconcile" => WireMessage::Reconcile(body(&kind, text)?),
+            "missing" => WireMessage::Missing(body(&kind, text)?),
             other => return Err(WireError::UnknownType(other.to_owned())),
         })
     }
@@ -277,6 +307,7 @@ impl WireMessage {
             WireMessage::Function(_) => "function",
             WireMessage::FunctionReturn(_) => "functionReturn",
             WireMessage::Reconcile(_) => "reconcile",
+            WireMessage::Missing(_) => "missing",
         }
     }
 
@@ -287,7 +318,8 @@ impl WireMessage {
             WireMessage::Get(m)
             | WireMessage::Subscribe(m)
             | WireMessage::Query(m)
-            | WireMessage::CrdtGet(m) => &m.id,
+            | WireMessage::CrdtGet(m)
+            | WireMessage::Missing(m) => &m.id,
             WireMessage::Put(m) | WireMessage::CrdtPut(m) => &m.id,
             WireMessage::QueryAck(m) => &m.id,
             WireMessage::Function(m) => &m.id,
@@ -303,7 +335,8 @@ impl WireMessage {
             WireMessage::Get(m)
             | WireMessage::Subscribe(m)
             | WireMessage::Query(m)
-            | WireMessage::CrdtGet(m) => &m.to,
+            | WireMessage::CrdtGet(m)
+            | WireMessage::Missing(m) => &m.to,
             WireMessage::Put(m) | WireMessage::CrdtPut(m) => &m.to,
             WireMessage::QueryAck(m) => &m.to,
             WireMessage::Function(m) => &m.to,
@@ -319,7 +352,8 @@ impl WireMessage {
             WireMessage::Get(m)
             | WireMessage::Subscribe(m)
             | WireMessage::Query(m)
-            | WireMessage::CrdtGet(m) => m.to = to,
+            | WireMessage::CrdtGet(m)
+            | WireMessage::Missing(m) => m.to = to,
             WireMessage::Put(m) | WireMessage::CrdtPut(m) => m.to = to,
             WireMessage::QueryAck(m) => m.to = to,
             WireMessage::Function(m) => m.to = to,

@@ -14,6 +14,8 @@ pub struct Conn {
     pub address: Option<String>,
     /// A server of ours: speaks the `reconcile` extension.
     pub reconcile: bool,
+    /// Asked for a `missing` answer to each get it sends that misses here.
+    pub wants_missing: bool,
     pub is_server: bool,
     pub outbound: bool,
     /// Served under an id of ours: its state ends with its socket.

@@ -752,6 +752,16 @@ impl Hub {
         let kind = if crdt { "crdtPut" } else { "put" };
         let (asked, asker) = (req.clone(), sender.clone());
         let missing = move |act: &mut Hub| {
+            // Our client asked to hear of a miss at once rather than wait
+            // out its timeout; a relayed answer, if one comes, still goes.
+            if act.conns.get(conn).is_some_and(|c| c.wants_missing) {
+                let miss = WireMessage::Missing(KeyRequest {
+                    id: req.id.clone(),
+                    to: act.own_to(),
+                    key: req.key.clone(),
+                });
+                act.send_to_conn(conn, miss.to_text().into());
+            }
             let pending = Pending {
                 requester: asker.clone(),
                 answer_kind: kind,
@@ -1046,6 +1056,7 @@ impl Handler<ConnectionIdentified> for Hub {
                 client_id: msg.client_id,
                 address,
                 reconcile: verified_server && msg.reconcile,
+                wants_missing: msg.wants_missing,
                 is_server: verified_server,
                 outbound: msg.outbound,
                 anonymous,
@@ -1194,6 +1205,8 @@ impl Handler<FrameReceived> for Hub {
             WireMessage::Query(req) => self.enqueue(conn, job(Work::Query(req), credit), None, ctx),
             // Answers to queries we relayed: our own answer went already.
             WireMessage::QueryAck(_) | WireMessage::FunctionReturn(_) => {}
+            // Servers never ask for it; a peer sending one is ignored.
+            WireMessage::Missing(_) => {}
         }
     }
 }

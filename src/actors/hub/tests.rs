@@ -27,6 +27,8 @@ struct Fake {
     frames: Arc<Mutex<Vec<Value>>>,
     closed: Arc<Mutex<Option<String>>>,
     handle: ConnHandle,
+    /// Its ping asks for `missing` answers (a client of ours).
+    wants_missing: bool,
 }
 
 impl Fake {
@@ -46,6 +48,7 @@ impl Fake {
             outbox,
             frames: Arc::new(Mutex::new(vec![])),
             closed,
+            wants_missing: false,
         }
     }
 
@@ -82,6 +85,7 @@ impl Fake {
             outbound: is_server,
             dialed: None,
             reconcile: false,
+            wants_missing: self.wants_missing,
             ping_id: Some("ping".into()),
             servers: vec![],
         });
@@ -375,6 +379,48 @@ async fn a_relayed_get_is_answered_to_the_client_that_asked() {
     assert_eq!(got["data"]["v"], "x");
 }
 
+/// Issue 11, part 2: a client that asked for it in its ping hears of a
+/// get miss at once (`missing`, with the get's id); a client that did not
+/// (a Tool Db client) gets nothing it does not know, as before.
+#[actix::test]
+async fn a_get_miss_is_answered_only_to_a_client_that_asked() {
+    let s = setup();
+    let ours = Fake {
+        wants_missing: true,
+        ..Fake::new()
+    };
+    ours.identify_client(&s.hub, &NodeKey::generate(KeyScheme::Secp256k1));
+    let stock = Fake::new();
+    stock.identify_client(&s.hub, &NodeKey::generate(KeyScheme::Secp256k1));
+    for (c, id) in [(&stock, "m2"), (&ours, "m1")] {
+        for (id, kind) in [(id.to_string(), "get"), (format!("{id}c"), "crdtGet")] {
+            let req = KeyRequest {
+                id,
+                to: vec![],
+                key: "nowhere".into(),
+            };
+            let msg = if kind == "get" {
+                WireMessage::Get(req)
+            } else {
+                WireMessage::CrdtGet(req)
+            };
+            s.hub.do_send(FrameReceived {
+                conn: c.conn,
+                credit: Credit::none(),
+                msg,
+            });
+        }
+    }
+    let miss = ours.wait("a missing answer", |v| v["id"] == "m1").await;
+    assert_eq!(miss["type"], "missing");
+    assert_eq!(miss["key"], "nowhere");
+    let crdt = ours.wait("a missing answer", |v| v["id"] == "m1c").await;
+    assert_eq!(crdt["type"], "missing");
+    // The stock client's gets were read first (one storage thread, in
+    // order): nothing was sent to it but its pong.
+    assert_eq!(stock.count(|v| v["type"] != "pong"), 0);
+}
+
 fn small_outbox(high_water: usize, limit: usize) -> Outbox {
     Outbox::new(OutboxLimits {
         high_water,
@@ -517,6 +563,7 @@ impl Fake {
             outbound: false,
             dialed: None,
             reconcile: false,
+            wants_missing: self.wants_missing,
             ping_id: Some("ping".into()),
             servers: vec![],
         });
