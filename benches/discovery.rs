@@ -5,10 +5,16 @@
 //! address a node queries them all on each operation and overflows its UDP
 //! receive queue, DHT-NOTES.md). Then, per run: starts server A
 //! (`tooldb-node serve`, DHT bootstrapped from a few DHT nodes), waits for
-//! its `/health`, starts server B the same way, and measures the time from
-//! B's spawn until B's `GET /peers` lists A as `connected`, and until A's
-//! lists B. Fresh servers, data dirs and topic every run (so no run sees
-//! the previous runs' announces), same DHT. Every wait is bounded.
+//! its `/health` and its first announce (its log says so), starts server B
+//! the same way, and measures the time from B's spawn until B's `GET
+//! /peers` lists A as `connected` (start → first connected server), and
+//! until A's lists B (the late server → the early one learns of it).
+//! Fresh servers, data dirs and topic every run (so no run sees the
+//! previous runs' announces), same DHT. Every wait is bounded.
+//!
+//! Then the client, as a user runs it: wall time of the CLI `get` with
+//! only `--topic` and `--dht-bootstrap`, of a stored key and of a missing
+//! one (which prints `null`), against the servers of the last run.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
@@ -34,6 +40,10 @@ const WAIT: Duration = Duration::from_secs(60);
 const LOG_TAIL: usize = 12;
 /// Delay between two polls of `/health` or `/peers`.
 const POLL: Duration = Duration::from_millis(20);
+/// CLI `get`s timed, of a stored key and of a missing one each.
+const GETS: usize = 7;
+/// What a server logs once its first announce succeeded.
+const ANNOUNCED: &str = "announced on the DHT";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -86,12 +96,14 @@ fn sees_connected(port: u16, other: u16) -> bool {
 struct Server {
     port: u16,
     child: Child,
+    log: std::path::PathBuf,
 }
 
 impl Server {
     fn spawn(dir: &Path, topic: &str, bootstrap: &[SocketAddrV4]) -> Server {
         let port = free_port();
-        let log = std::fs::File::create(dir.with_extension("log")).unwrap();
+        let log_path = dir.with_extension("log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
             .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--dht-port", "0"])
@@ -109,8 +121,30 @@ impl Server {
             .stderr(log)
             .spawn()
             .expect("the tooldb-node binary runs");
-        Server { port, child }
+        Server {
+            port,
+            child,
+            log: log_path,
+        }
     }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Runs the CLI with `args`; its wall time and stdout, or None if it failed.
+fn timed_cli(args: &[String]) -> Option<(Duration, String)> {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let took = started.elapsed();
+    out.status
+        .success()
+        .then(|| (took, String::from_utf8_lossy(&out.stdout).trim().to_owned()))
 }
 
 impl Drop for Server {
@@ -192,6 +226,7 @@ fn main() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let mut rows = vec![];
+    let mut last = None;
     for run in 1..=RUNS {
         let topic = format!("bench-discovery-{run}-{:08x}", rng.gen::<u32>());
         let a = Server::spawn(
@@ -199,9 +234,11 @@ fn main() {
             &topic,
             &a_few(&addrs, &mut rng),
         );
-        let a_up = wait_until(Instant::now(), || http_get(a.port, "/health").is_some());
+        let a_up = wait_until(Instant::now(), || {
+            http_get(a.port, "/health").is_some() && a.log().contains(ANNOUNCED)
+        });
         if a_up.is_none() {
-            println!("run {run}: server A did not answer /health within {WAIT:?}; stopping");
+            println!("run {run}: server A did not serve and announce within {WAIT:?}; stopping");
             break;
         }
         let b_spawned = Instant::now();
@@ -241,21 +278,60 @@ fn main() {
             }
         }
         rows.push((b_sees_a, a_sees_b));
-        drop((a, b));
+        last = Some((topic, a, b));
     }
     println!();
-    println!("| from B's spawn to | runs ok | median | min | max |");
-    println!("|---|---|---|---|---|");
-    let columns: [(&str, Vec<Option<Duration>>); 2] = [
+    let mut columns: Vec<(&str, Vec<Option<Duration>>)> = vec![
         (
-            "B's /peers: A connected",
+            "start → first connected server (B's spawn → B's /peers: A connected)",
             rows.iter().map(|r| r.0).collect(),
         ),
         (
-            "A's /peers: B connected",
+            "late server → early one learns of it (B's spawn → A's /peers: B connected)",
             rows.iter().map(|r| r.1).collect(),
         ),
     ];
+    if let Some((topic, a, b)) = &last {
+        let boot = a_few(&addrs, &mut rng);
+        let client = |cmd: &str, key: &str, extra: &[&str]| -> Vec<String> {
+            let mut v: Vec<String> = [cmd, key, "--topic", topic]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            v.extend(extra.iter().map(|s| s.to_string()));
+            for n in &boot {
+                v.extend(["--dht-bootstrap".to_owned(), n.to_string()]);
+            }
+            v
+        };
+        let stored = timed_cli(&client("put", "bench-key", &["\"here\""]));
+        if stored.is_none() {
+            println!("the CLI put failed; no get figures");
+        }
+        let mut hits = vec![];
+        let mut misses = vec![];
+        for _ in 0..GETS {
+            if stored.is_none() {
+                break;
+            }
+            hits.push(
+                timed_cli(&client("get", "bench-key", &[]))
+                    .filter(|(_, out)| out.contains("here"))
+                    .map(|(t, _)| t),
+            );
+            misses.push(
+                timed_cli(&client("get", "bench-no-such-key", &[]))
+                    .filter(|(_, out)| out == "null")
+                    .map(|(t, _)| t),
+            );
+        }
+        columns.push(("CLI `get`, stored key (wall time)", hits));
+        columns.push(("CLI `get`, missing key → null (wall time)", misses));
+        let _ = (a, b);
+    }
+    drop(last);
+    println!("| figure | runs ok | median | min | max |");
+    println!("|---|---|---|---|---|");
     for (name, col) in columns {
         let done: Vec<Duration> = col.iter().flatten().copied().collect();
         let ok = format!("{}/{}", done.len(), col.len());
