@@ -191,7 +191,7 @@ fn announce_junk(boot: &str, topic: &str, ports: &[u16]) -> mainline::Dht {
 /// schedule that started at 1 s: 2 to 6 s on a private DHT.
 #[test]
 fn a_late_server_and_an_early_one_meet_within_moments() {
-    const FIRST_CONTACT: Duration = Duration::from_secs(2);
+    const FIRST_CONTACT: Duration = Duration::from_secs(3);
     let boot = DhtBoot::start();
     let _storage = storage_nodes(&boot.addr, 4);
     let a = dht_node(&boot, "fast-first-contact");
