@@ -106,7 +106,7 @@ impl Server {
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
             .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--dht-port", "0"])
+            .args(["--dht-port", "0", "--metrics-listen", "off"])
             .args(
                 bootstrap
                     .iter()

@@ -76,6 +76,8 @@ fn start_ours() -> (Proc, u16) {
             env!("CARGO_BIN_EXE_tooldb-node"),
             "serve",
             "--no-dht",
+            "--metrics-listen",
+            "off",
         ])
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .arg("--data-dir")

@@ -171,6 +171,8 @@ pub fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
     let mut ports = vec![];
     for i in 0..args.nodes {
         let port = free_tcp_port()?;
+        // Each server's /metrics on a port of its own.
+        let metrics = free_tcp_port()?;
         let log = std::fs::File::create(dir.path().join(format!("node{i}.log")))?;
         let child = Command::new(&exe)
             .args([
@@ -183,6 +185,7 @@ pub fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
                 &args.topic,
             ])
             .args(["--port", &port.to_string(), "--dht-bootstrap", &boot_addr])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
             .arg("--data-dir")
             .arg(dir.path().join(format!("node{i}")))
             .stdin(Stdio::null())
@@ -192,7 +195,10 @@ pub fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
             .context("cannot start a server")?;
         children.0.push(child);
         ports.push(port);
-        println!("{}", json!({"event": "started", "node": i, "port": port}));
+        println!(
+            "{}",
+            json!({"event": "started", "node": i, "port": port, "metrics_port": metrics})
+        );
     }
     let started = Instant::now();
     let deadline = (args.seconds > 0).then(|| started + Duration::from_secs(args.seconds));

@@ -35,9 +35,23 @@ pub struct Config {
     pub pow: u32,
     /// The node's own key type: "secp256k1" or "p256".
     pub key_scheme: KeyScheme,
+    /// Where `/metrics` (Prometheus) is served, HOST:PORT, or "off".
+    pub metrics_listen: String,
+    /// Log lines: "text" (colour only on a terminal) or "json".
+    pub log_format: LogFormat,
     pub limits: Limits,
     pub peering: Peering,
     pub storage: StorageConfig,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// For people: ANSI colours only when stderr is a terminal.
+    Text,
+    /// For machines: one JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,6 +191,8 @@ impl Default for Config {
             dht_port: 0,
             pow: 0,
             key_scheme: KeyScheme::Secp256k1,
+            metrics_listen: crate::metrics::DEFAULT_LISTEN.into(),
+            log_format: LogFormat::Text,
             limits: Limits::default(),
             peering: Peering::default(),
             storage: StorageConfig::default(),

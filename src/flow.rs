@@ -26,6 +26,8 @@ use bytestring::ByteString;
 use futures_util::{Sink, SinkExt, Stream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::metrics::{Metrics, Pause};
+
 /// What a frame costs beyond its bytes: the parsed message, queues, ids.
 pub const FRAME_OVERHEAD: usize = 256;
 
@@ -138,6 +140,8 @@ pub struct Gated<S: Stream, F> {
     cost: F,
     /// A frame read, waiting for its credit.
     waiting: Option<(Option<S::Item>, CreditFuture)>,
+    /// Why reading is paused now (each pause is counted once).
+    paused: Option<Pause>,
 }
 
 type CreditFuture = Pin<Box<dyn Future<Output = Credit> + Send>>;
@@ -150,6 +154,25 @@ impl<S: Stream, F> Gated<S, F> {
             outbox,
             cost,
             waiting: None,
+            paused: None,
+        }
+    }
+
+    fn pause(&mut self, why: Pause) {
+        if self.paused != Some(why) {
+            self.paused = Some(why);
+            if let Some(m) = &self.outbox.metrics {
+                m.backpressure_pauses.inc(why);
+            }
+        }
+    }
+
+    /// An item goes on: counted as received if it has a payload.
+    fn pass(&mut self, len: usize) {
+        self.paused = None;
+        if let (Some(m), true) = (&self.outbox.metrics, len > 0) {
+            m.frames_received.inc();
+            m.received_bytes.inc_by(len as u64);
         }
     }
 }
@@ -169,10 +192,12 @@ where
             let item = item.take();
             this.waiting = None;
             if let Some(item) = item {
+                this.pass((this.cost)(&item));
                 return Poll::Ready(Some((item, credit)));
             }
         }
         if !this.outbox.poll_uncongested(cx) {
+            this.pause(Pause::OutputCongested);
             return Poll::Pending;
         }
         let Some(item) = std::task::ready!(Pin::new(&mut this.inner).poll_next(cx)) else {
@@ -180,14 +205,19 @@ where
         };
         let len = (this.cost)(&item);
         if let Some(credit) = this.window.try_take(len) {
+            this.pass(len);
             return Poll::Ready(Some((item, credit)));
         }
         // Read, but wait for room before handing it on (and before reading
         // the next one): the socket is not read meanwhile.
         let mut fut: CreditFuture = Box::pin(this.window.take(len));
         match fut.as_mut().poll(cx) {
-            Poll::Ready(credit) => Poll::Ready(Some((item, credit))),
+            Poll::Ready(credit) => {
+                this.pass(len);
+                Poll::Ready(Some((item, credit)))
+            }
             Poll::Pending => {
+                this.pause(Pause::Window);
                 this.waiting = Some((Some(item), fut));
                 Poll::Pending
             }
@@ -253,6 +283,8 @@ pub struct Outbox {
     state: Arc<Mutex<OutboxState>>,
     writer: Arc<Notify>,
     limits: OutboxLimits,
+    /// Counts what its writer sends and what its reader waits for.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -278,7 +310,14 @@ impl Outbox {
             })),
             writer: Arc::new(Notify::new()),
             limits,
+            metrics: None,
         }
+    }
+
+    /// Counts frames and bytes sent, and read pauses, into `metrics`.
+    pub fn metered(mut self, metrics: Arc<Metrics>) -> Outbox {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
@@ -503,6 +542,10 @@ where
                 break WriterEnd::Done;
             };
             let is_close = matches!(msg, Message::Close(_));
+            if let (Some(m), Message::Text(t)) = (&outbox.metrics, &msg) {
+                m.frames_sent.inc();
+                m.sent_bytes.inc_by(t.len() as u64);
+            }
             match tokio::time::timeout(timeout, sink.feed(msg)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => break WriterEnd::Failed,

@@ -15,6 +15,7 @@ pub mod flow;
 pub mod fuzzing;
 pub mod log_limit;
 pub mod messages;
+pub mod metrics;
 pub mod peer;
 pub mod reconcile;
 pub mod record;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use tooldb_node::client::{Client, DEFAULT_REQUEST_TIMEOUT};
-use tooldb_node::config::Config;
+use tooldb_node::config::{Config, LogFormat};
 use tooldb_node::crypto::KeyScheme;
 
 mod cli;
@@ -23,6 +23,10 @@ mod cli;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr: text (colour only on a terminal) or json (one
+    /// object per line). Default: text, or `log_format` in serve's config.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Subcommand)]
@@ -141,28 +145,32 @@ struct ServeArgs {
     /// Proof of work: leading zeros required in record hashes.
     #[arg(long)]
     pow: Option<u32>,
+    /// Serve Prometheus metrics at /metrics on HOST:PORT, or "off"
+    /// (default 127.0.0.1:9464).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
 }
 
 impl ServeArgs {
-    fn into_config(self) -> anyhow::Result<Config> {
+    fn to_config(&self) -> anyhow::Result<Config> {
         let mut c = Config::load(self.config.as_deref())?;
-        if let Some(v) = self.topic {
-            c.topic = v;
+        if let Some(v) = &self.topic {
+            c.topic = v.clone();
         }
-        if let Some(v) = self.host {
-            c.host = v;
+        if let Some(v) = &self.host {
+            c.host = v.clone();
         }
         if let Some(v) = self.port {
             c.port = v;
         }
-        if let Some(v) = self.data_dir {
-            c.data_dir = v;
+        if let Some(v) = &self.data_dir {
+            c.data_dir = v.clone();
         }
         if !self.peers.is_empty() {
-            c.peers = self.peers;
+            c.peers = self.peers.clone();
         }
         if !self.dht_bootstrap.is_empty() {
-            c.dht_bootstrap = self.dht_bootstrap;
+            c.dht_bootstrap = self.dht_bootstrap.clone();
         }
         if let Some(v) = self.dht_port {
             c.dht_port = v;
@@ -172,6 +180,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.pow {
             c.pow = v;
+        }
+        if let Some(v) = &self.metrics_listen {
+            c.metrics_listen = v.clone();
         }
         Ok(c)
     }
@@ -194,15 +205,18 @@ fn run() -> anyhow::Result<()> {
         Command::Put(_) | Command::Get(_) | Command::Watch(_) | Command::Query(_) => "warn",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_level.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Serve's configuration may name the log format: load it first.
+    let config = match &cli.command {
+        Command::Serve(args) => Some(args.to_config()?),
+        _ => None,
+    };
+    let format = cli
+        .log_format
+        .or(config.as_ref().map(|c| c.log_format))
+        .unwrap_or(LogFormat::Text);
+    init_logging(default_level, format);
     match cli.command {
-        Command::Serve(args) => serve(args.into_config()?),
+        Command::Serve(args) => serve(config.map_or_else(|| args.to_config(), Ok)?),
         Command::Discover(args) => cli::discover(args),
         Command::DhtBootstrap(args) => cli::dht_bootstrap(args),
         Command::Cluster(args) => cli::cluster(args),
@@ -210,6 +224,26 @@ fn run() -> anyhow::Result<()> {
         Command::Get(args) => client_get(args),
         Command::Watch(args) => client_watch(args),
         Command::Query(args) => client_query(args),
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `default_level`): as
+/// text, with ANSI colours only when stderr is a terminal, or as one JSON
+/// object per line.
+fn init_logging(default_level: &str, format: LogFormat) {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_level.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_ansi(false)
+            .with_current_span(false)
+            .init(),
     }
 }
 

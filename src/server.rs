@@ -1,9 +1,10 @@
 //! Wiring: opens the data dir (node key, sled), starts the `Storage` and
 //! `Crypto` pools, the `Hub`, a supervised `PeerConnection` per static
-//! peer, and the HTTP/websocket listener on an already-bound socket (so
-//! tests bind 127.0.0.1:0). Must run inside an actix system.
+//! peer, the HTTP/websocket listener on an already-bound socket (so
+//! tests bind 127.0.0.1:0), and the `/metrics` listener on its own address
+//! (`metrics_listen`). Must run inside an actix system.
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use crate::messages::dht::{GetDhtStatus, JoinTopic, LeaveTopic};
 use crate::messages::hub::{CloseAll, GetPeers, SetPublicHost};
 use crate::messages::registry::GetRegistryView;
 use crate::messages::storage::FlushStorage;
+use crate::metrics::{Metrics, Refused};
 use crate::peer::Peer;
 use crate::record::now_ms;
 
@@ -48,6 +50,8 @@ pub enum StartError {
     BadPeer(String),
     #[error("cannot listen: {0}")]
     Listen(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsListenError),
 }
 
 /// A running node.
@@ -63,6 +67,11 @@ pub struct Node {
     pub http: actix_web::dev::ServerHandle,
     server: Option<actix_web::dev::Server>,
     topic: String,
+    /// The node's counters (what `/metrics` serves).
+    pub metrics: Arc<Metrics>,
+    /// The `/metrics` listener's address, unless `metrics_listen` is off.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics_http: Option<actix_web::dev::ServerHandle>,
 }
 
 /// How long a graceful stop waits for close frames to go out.
@@ -74,6 +83,9 @@ impl Node {
     pub async fn run(mut self) -> std::io::Result<()> {
         let server = self.server.take().expect("run is called once");
         let result = server.await;
+        if let Some(m) = &self.metrics_http {
+            m.stop(true).await;
+        }
         match self.storage.send(FlushStorage).await {
             Ok(Ok(())) => tracing::info!("storage flushed; stopped"),
             Ok(Err(e)) => tracing::error!(error = %e, "final flush failed"),
@@ -89,6 +101,7 @@ impl Node {
             dht: self.dht.clone(),
             http: self.http.clone(),
             topic: self.topic.clone(),
+            metrics_http: self.metrics_http.clone(),
         }
     }
 }
@@ -102,6 +115,7 @@ pub struct Stopper {
     dht: Option<Addr<DhtChannel>>,
     http: actix_web::dev::ServerHandle,
     topic: String,
+    metrics_http: Option<actix_web::dev::ServerHandle>,
 }
 
 impl Stopper {
@@ -123,6 +137,9 @@ impl Stopper {
         // Let the close frames leave before the workers stop.
         actix_rt::time::sleep(CLOSE_GRACE).await;
         self.http.stop(true).await;
+        if let Some(m) = &self.metrics_http {
+            m.stop(true).await;
+        }
     }
 }
 
@@ -139,6 +156,9 @@ pub fn dht_settings(config: &Config) -> DhtSettings {
 
 pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> {
     let config = Arc::new(config);
+    // First, so a taken metrics port fails before anything starts.
+    let metrics_listener = crate::metrics::bind(&config.metrics_listen)?;
+    let metrics = Arc::new(Metrics::new());
     let data_dir = &config.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir {
         path: data_dir.display().to_string(),
@@ -153,13 +173,17 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         path: db_path.display().to_string(),
         source,
     })?;
+    let metrics_db = db.clone();
     let storage_state = Storage::new(db, config.storage.sync_writes)?
         .with_max_record_bytes(config.limits.max_record_bytes);
     let durability = storage_state.durability();
     let storage = SyncArbiter::start(config.storage.threads.max(1), move || storage_state.clone());
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let crypto_key = key.clone();
-    let crypto = SyncArbiter::start(cores, move || Crypto::new(crypto_key.clone()));
+    let crypto_metrics = metrics.clone();
+    let crypto = SyncArbiter::start(cores, move || {
+        Crypto::new(crypto_key.clone()).with_metrics(crypto_metrics.clone())
+    });
     for p in &config.peers {
         Endpoint::parse(p).map_err(|_| StartError::BadPeer(p.clone()))?;
     }
@@ -192,6 +216,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
             config: config.clone(),
             client_id: key.client_id().into(),
             budget: budget.clone(),
+            metrics: metrics.clone(),
         };
         let registry = PeerRegistry::new(
             services,
@@ -209,6 +234,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         Hub::new(settings, storage.clone(), crypto.clone(), self_peer)
             .with_registry(link)
             .with_durability(durability)
+            .with_metrics(metrics.clone())
     });
     let registry = registry_out.expect("the hub's constructor ran");
     let services = Services {
@@ -217,6 +243,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         config: config.clone(),
         client_id: key.client_id().into(),
         budget,
+        metrics: metrics.clone(),
     };
 
     let dht = if config.no_dht {
@@ -225,7 +252,11 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         );
         None
     } else {
-        let dht = DhtChannel::supervised(dht_settings(&config), registry.clone().recipient());
+        let dht = DhtChannel::supervised_with(
+            dht_settings(&config),
+            registry.clone().recipient(),
+            metrics.clone(),
+        );
         dht.do_send(JoinTopic {
             topic: config.topic.clone(),
             port: Some(port),
@@ -289,6 +320,18 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
     .listen(listener)
     .map_err(StartError::Listen)?
     .run();
+    let (metrics_addr, metrics_http) = match metrics_listener {
+        Some(l) => {
+            let addr = l.local_addr().map_err(StartError::Listen)?;
+            let http = crate::metrics::serve(l, metrics.clone(), Some(metrics_db))
+                .map_err(StartError::Listen)?;
+            let handle = http.handle();
+            actix_rt::spawn(http);
+            tracing::info!(addr = %addr, "serving Prometheus metrics at /metrics");
+            (Some(addr), Some(handle))
+        }
+        None => (None, None),
+    };
     tracing::info!(
         port,
         topic = %config.topic,
@@ -308,6 +351,9 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         http: server.handle(),
         server: Some(server),
         topic: config.topic.clone(),
+        metrics,
+        metrics_addr,
+        metrics_http,
     })
 }
 
@@ -397,9 +443,18 @@ async fn ws_route(
     }
     let peer_addr = req.peer_addr();
     let remote = peer_addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    let metrics = &state.services.metrics;
     let slot = match admission.admit(peer_addr.map(|a| a.ip())) {
-        Ok(slot) => slot,
+        Ok(slot) => {
+            metrics.connections_accepted.inc();
+            slot
+        }
         Err(refusal) => {
+            metrics.connections_refused.inc(match refusal {
+                crate::admission::Refusal::Full { .. } => Refused::Full,
+                crate::admission::Refusal::PerIp { .. } => Refused::PerIp,
+                crate::admission::Refusal::Rate { .. } => Refused::Rate,
+            });
             crate::remote_log!(info, remote = %remote, reason = %refusal, "refused a websocket");
             return Ok(HttpResponse::ServiceUnavailable()
                 .insert_header(("retry-after", "10"))

@@ -54,6 +54,8 @@ pub fn start(sync: bool) -> (Server, u16, tempfile::TempDir) {
         .args([
             "serve",
             "--no-dht",
+            "--metrics-listen",
+            "off",
             "--host",
             "127.0.0.1",
             "--port",

@@ -34,6 +34,7 @@ use crate::messages::hub::{
 use crate::messages::wire::{
     error_frame, new_message_id, Extensions, Ping, WireError, WireLimits, WireMessage,
 };
+use crate::metrics::CloseCause;
 use crate::peer::PeerError;
 
 /// How often we ping an idle socket to see that it is alive.
@@ -75,6 +76,8 @@ pub struct ClientSession {
     _slot: Option<crate::admission::Slot>,
     /// Bytes read from the socket not yet a whole message.
     unfinished: Option<crate::admission::Unfinished>,
+    /// Why it ends, once known (counted when it stops).
+    cause: Option<CloseCause>,
 }
 
 impl ClientSession {
@@ -100,6 +103,7 @@ impl ClientSession {
             socket: Some((session, frames)),
             _slot: None,
             unfinished: None,
+            cause: None,
         }
     }
 
@@ -120,11 +124,18 @@ impl ClientSession {
     /// (the close frame included) is written, and the peer sees a reset.
     /// The frame stream ends once the socket is done; `write_timeout` bounds
     /// the wait for a peer that reads nothing.
-    fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: String) {
+    fn close(
+        &mut self,
+        cause: CloseCause,
+        ctx: &mut Context<Self>,
+        code: CloseCode,
+        reason: String,
+    ) {
         if self.closing {
             return;
         }
         self.closing = true;
+        self.cause.get_or_insert(cause);
         self.outbox.close(code, &reason);
         self.report_closed();
         let wait = Duration::from_secs(self.services.config.limits.write_timeout_secs);
@@ -149,6 +160,7 @@ impl ClientSession {
         if self.bad_frames > max {
             crate::remote_log!(warn, conn = self.conn, remote = %self.remote, count = self.bad_frames, "closing: too many malformed frames");
             self.close(
+                CloseCause::BadInput,
                 ctx,
                 CloseCode::Policy,
                 format!("more than {max} malformed frames; last: {err}"),
@@ -225,7 +237,12 @@ impl ClientSession {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, "crypto pool unreachable");
-                return self.close(ctx, CloseCode::Error, "internal error".into());
+                return self.close(
+                    CloseCause::SocketError,
+                    ctx,
+                    CloseCode::Error,
+                    "internal error".into(),
+                );
             }
         };
         let (client_id, peer) = match verdict {
@@ -237,17 +254,27 @@ impl ClientSession {
                         ping.client_id
                     );
                     crate::remote_log!(warn, conn = self.conn, remote = %self.remote, address = %peer.address, "closing: {reason}");
-                    return self.close(ctx, CloseCode::Policy, reason);
+                    return self.close(CloseCause::NoHandshake, ctx, CloseCode::Policy, reason);
                 }
                 (anonymous_id(), None)
             }
             Err(e @ PeerError::WrongTopic { .. }) => {
                 crate::remote_log!(info, conn = self.conn, remote = %self.remote, error = %e, "closing: other topic");
-                return self.close(ctx, CloseCode::Policy, e.to_string());
+                return self.close(
+                    CloseCause::NoHandshake,
+                    ctx,
+                    CloseCode::Policy,
+                    e.to_string(),
+                );
             }
             Err(e) if ping.is_server => {
                 crate::remote_log!(warn, conn = self.conn, remote = %self.remote, error = %e, "closing: server ping fails verification");
-                return self.close(ctx, CloseCode::Policy, format!("server ping refused: {e}"));
+                return self.close(
+                    CloseCause::NoHandshake,
+                    ctx,
+                    CloseCode::Policy,
+                    format!("server ping refused: {e}"),
+                );
             }
             Err(e) => {
                 // Real Tool Db clients ping before their keys are ready; serve
@@ -322,6 +349,7 @@ impl Actor for ClientSession {
             if matches!(act.state, Handshake::AwaitingPing) && !act.closing {
                 crate::remote_log!(info, conn = act.conn, remote = %act.remote, "closing: no Tool Db ping");
                 act.close(
+                    CloseCause::NoHandshake,
                     ctx,
                     CloseCode::Policy,
                     format!(
@@ -341,6 +369,7 @@ impl Actor for ClientSession {
             if late && !act.closing {
                 crate::remote_log!(info, conn = act.conn, remote = %act.remote, "closing: a message left unfinished");
                 act.close(
+                    CloseCause::UnfinishedMessage,
                     ctx,
                     CloseCode::Policy,
                     format!(
@@ -354,7 +383,12 @@ impl Actor for ClientSession {
         ctx.run_interval(HEARTBEAT_EVERY.min(idle), move |act, ctx| {
             if act.last_heard.elapsed() > idle {
                 crate::remote_log!(info, conn = act.conn, remote = %act.remote, "closing: idle");
-                act.close(ctx, CloseCode::Away, "idle timeout".into());
+                act.close(
+                    CloseCause::Idle,
+                    ctx,
+                    CloseCode::Away,
+                    "idle timeout".into(),
+                );
             } else {
                 act.outbox.push_ping();
             }
@@ -367,6 +401,8 @@ impl Actor for ClientSession {
             self.outbox.shut();
         }
         self.report_closed();
+        let cause = self.cause.unwrap_or(CloseCause::PeerClosed);
+        self.services.metrics.connections_closed.inc(cause);
     }
 }
 
@@ -398,11 +434,17 @@ impl StreamHandler<(Item, Credit)> for ClientSession {
             Ok(AggregatedMessage::Ping(b)) => self.outbox.push_pong(b),
             Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(_)) => {
-                self.close(ctx, CloseCode::Normal, String::new());
+                self.close(
+                    CloseCause::PeerClosed,
+                    ctx,
+                    CloseCode::Normal,
+                    String::new(),
+                );
             }
             Err(ProtocolError::Overflow) => {
                 crate::remote_log!(warn, conn = self.conn, remote = %self.remote, limit = max, "closing: frame over the size limit");
                 self.close(
+                    CloseCause::TooLarge,
                     ctx,
                     CloseCode::Size,
                     format!("frame exceeds the limit of {max} bytes"),
@@ -411,6 +453,7 @@ impl StreamHandler<(Item, Credit)> for ClientSession {
             Err(ProtocolError::Io(e)) if e.to_string().contains("continuation size") => {
                 crate::remote_log!(warn, conn = self.conn, remote = %self.remote, limit = max, "closing: message over the size limit");
                 self.close(
+                    CloseCause::TooLarge,
                     ctx,
                     CloseCode::Size,
                     format!("message exceeds the limit of {max} bytes"),
@@ -420,6 +463,7 @@ impl StreamHandler<(Item, Credit)> for ClientSession {
                 let limit = self.services.config.limits.max_unfinished_bytes;
                 crate::remote_log!(warn, conn = self.conn, remote = %self.remote, limit, "closing: the node's buffer for unfinished messages is full");
                 self.close(
+                    CloseCause::UnfinishedMessage,
                     ctx,
                     CloseCode::Size,
                     format!("the node holds its limit of {limit} bytes of unfinished messages (max_unfinished_bytes); send whole messages"),
@@ -428,6 +472,7 @@ impl StreamHandler<(Item, Credit)> for ClientSession {
             Err(e) => {
                 crate::remote_log!(info, conn = self.conn, remote = %self.remote, error = %e, "closing: websocket protocol error");
                 self.close(
+                    CloseCause::SocketError,
                     ctx,
                     CloseCode::Protocol,
                     format!("websocket protocol error: {e}"),
@@ -446,6 +491,7 @@ impl Handler<WriterEnded> for ClientSession {
     type Result = ();
     fn handle(&mut self, msg: WriterEnded, ctx: &mut Self::Context) {
         if msg.0 == WriterEnd::Stalled {
+            self.cause.get_or_insert(CloseCause::WriteStalled);
             let secs = self.services.config.limits.write_timeout_secs;
             tracing::warn!(conn = self.conn, remote = %self.remote, secs, "closing: writes made no progress (peer frozen)");
         }
@@ -460,7 +506,7 @@ impl Handler<WriterEnded> for ClientSession {
 impl Handler<CloseConnection> for ClientSession {
     type Result = ();
     fn handle(&mut self, msg: CloseConnection, ctx: &mut Self::Context) {
-        self.close(ctx, msg.code, msg.reason);
+        self.close(msg.cause, ctx, msg.code, msg.reason);
     }
 }
 

@@ -15,11 +15,18 @@ use crate::record::{now_ms, Record, RecordError};
 
 pub struct Crypto {
     key: Arc<NodeKey>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Crypto {
     pub fn new(key: Arc<NodeKey>) -> Self {
-        Crypto { key }
+        Crypto { key, metrics: None }
+    }
+
+    /// Times each record verification into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -30,7 +37,12 @@ impl Actor for Crypto {
 impl Handler<VerifyRecord> for Crypto {
     type Result = Result<Record, RecordError>;
     fn handle(&mut self, msg: VerifyRecord, _: &mut Self::Context) -> Self::Result {
-        msg.record.verify_with(now_ms(), msg.pow, msg.crdt_hash)?;
+        let started = std::time::Instant::now();
+        let verdict = msg.record.verify_with(now_ms(), msg.pow, msg.crdt_hash);
+        if let Some(m) = &self.metrics {
+            m.verify_duration.observe(started.elapsed());
+        }
+        verdict?;
         Ok(msg.record)
     }
 }

@@ -36,6 +36,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -55,6 +56,7 @@ use crate::messages::dht::{
     DhtStatus, EndpointsFound, GetDhtStatus, JoinTopic, LeaveTopic, LookupNow, SetSearching,
     TopicStatus,
 };
+use crate::metrics::{AnnounceResult, LookupResult, Metrics};
 
 /// How the channel builds and runs its DHT node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +253,8 @@ pub struct DhtChannel {
     /// This run already failed and is stopping; later failures of its
     /// other futures are not counted again.
     failing: bool,
+    /// Counts lookups and announces.
+    metrics: Arc<Metrics>,
 }
 
 impl DhtChannel {
@@ -269,12 +273,26 @@ impl DhtChannel {
             down_logged: false,
             unreachable_logged: false,
             failing: false,
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
     /// Starts the channel under `actix::Supervisor` on the current arbiter.
     pub fn supervised(settings: DhtSettings, found: Recipient<EndpointsFound>) -> Addr<Self> {
-        Supervisor::start(move |_| DhtChannel::new(settings, found))
+        Self::supervised_with(settings, found, Arc::new(Metrics::new()))
+    }
+
+    /// `supervised`, counting into a node's `metrics`.
+    pub fn supervised_with(
+        settings: DhtSettings,
+        found: Recipient<EndpointsFound>,
+        metrics: Arc<Metrics>,
+    ) -> Addr<Self> {
+        Supervisor::start(move |_| {
+            let mut channel = DhtChannel::new(settings, found);
+            channel.metrics = metrics;
+            channel
+        })
     }
 
     fn generation(&mut self) -> u64 {
@@ -498,10 +516,19 @@ impl DhtChannel {
         });
         let topic = name.to_string();
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.metrics.dht_lookup_duration.observe(started.elapsed());
             let count = match res {
                 Ok(n) => n,
-                Err(e) => return act.fail(e, ctx),
+                Err(e) => {
+                    act.metrics.dht_lookups.inc(LookupResult::Error);
+                    return act.fail(e, ctx);
+                }
             };
+            act.metrics.dht_lookups.inc(if count > 0 {
+                LookupResult::Found
+            } else {
+                LookupResult::Empty
+            });
             let Some(t) = act.live_topic(&topic, generation) else {
                 return;
             };
@@ -537,24 +564,32 @@ impl DhtChannel {
         let fut = guarded(async move {
             let info = fetch_info(&dht).await;
             let decision = announce_decision(info.reachability(), up_for, REACHABILITY_GRACE);
+            let started = Instant::now();
             let outcome = if decision == AnnounceDecision::Announce {
                 let put = dht.announce_peer(info_hash, Some(port));
                 Some(tokio::time::timeout(ANNOUNCE_TIMEOUT, put).await)
             } else {
                 None
             };
-            (info, decision, outcome)
+            (info, decision, outcome, started.elapsed())
         });
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-            let (info, decision, outcome) = match res {
+            let (info, decision, outcome, took) = match res {
                 Ok(r) => r,
-                Err(e) => return act.fail(e, ctx),
+                Err(e) => {
+                    act.metrics.dht_announces.inc(AnnounceResult::Failed);
+                    return act.fail(e, ctx);
+                }
             };
+            if decision == AnnounceDecision::Announce {
+                act.metrics.dht_announce_duration.observe(took);
+            }
             act.info = Some(info);
             let every = act.settings.announce_every;
             let next = match (decision, outcome) {
                 (AnnounceDecision::WaitForReachability, _) => REACHABILITY_POLL,
                 (AnnounceDecision::Skip, _) => {
+                    act.metrics.dht_announces.inc(AnnounceResult::Skipped);
                     if !act.unreachable_logged {
                         tracing::warn!(
                             topic = %topic,
@@ -566,6 +601,7 @@ impl DhtChannel {
                     every
                 }
                 (AnnounceDecision::Announce, Some(Ok(Ok(_)))) => {
+                    act.metrics.dht_announces.inc(AnnounceResult::Announced);
                     if act.unreachable_logged {
                         tracing::info!(topic = %topic, "the DHT reports this node reachable again: announcing");
                         act.unreachable_logged = false;
@@ -579,6 +615,7 @@ impl DhtChannel {
                     every
                 }
                 (AnnounceDecision::Announce, failed) => {
+                    act.metrics.dht_announces.inc(AnnounceResult::Failed);
                     let reason = match failed {
                         Some(Ok(Err(e))) => e.to_string(),
                         _ => format!("no answer within {ANNOUNCE_TIMEOUT:?}"),

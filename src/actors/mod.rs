@@ -25,6 +25,8 @@ pub struct Services {
     pub client_id: Arc<str>,
     /// The node's total window of work in flight (flow control).
     pub budget: crate::flow::Budget,
+    /// The node's counters.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Services {
@@ -36,6 +38,6 @@ impl Services {
 
     /// A new connection's outbox.
     pub fn outbox(&self) -> crate::flow::Outbox {
-        crate::flow::Outbox::new(self.config.limits.outbox())
+        crate::flow::Outbox::new(self.config.limits.outbox()).metered(self.metrics.clone())
     }
 }

@@ -31,6 +31,7 @@ use crate::messages::hub::{
 };
 use crate::messages::registry::{DialGaveUp, GaveUpReason};
 use crate::messages::wire::{new_message_id, Extensions, Ping, Pong, WireLimits, WireMessage};
+use crate::metrics::{CloseCause, DialFailure};
 use crate::transport::{self, Incoming, WsItem};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -59,6 +60,10 @@ pub struct PeerConnection {
     /// Frames that came while the pong was being verified, each holding
     /// its credit (so the window bounds them).
     early: VecDeque<(WireMessage, Credit)>,
+    /// This run's dial gave a socket (its end is counted as a close).
+    socket_up: bool,
+    /// Why this run's socket ends, once known.
+    cause: Option<CloseCause>,
 }
 
 impl PeerConnection {
@@ -77,6 +82,8 @@ impl PeerConnection {
             state: State::Idle,
             failures: 0,
             early: VecDeque::new(),
+            socket_up: false,
+            cause: None,
         }
     }
 
@@ -91,11 +98,13 @@ impl PeerConnection {
         let timeout = Duration::from_millis(self.services.config.peering.connect_timeout_ms);
         let max_frame = self.services.config.limits.max_frame_bytes;
         let target = self.target.clone();
+        self.services.metrics.dials.inc();
         ctx.spawn(
             async move { transport::dial(&target, timeout, max_frame).await }
                 .into_actor(self)
                 .map(|res, act, ctx| match res {
                     Ok((sink, stream)) => {
+                        act.socket_up = true;
                         let me = ctx.address();
                         flow::spawn_writer(act.outbox.clone(), sink, move |end| {
                             me.do_send(WriterEnded(end))
@@ -109,6 +118,7 @@ impl PeerConnection {
                         act.send_ping(ctx);
                     }
                     Err(e) => {
+                        act.services.metrics.dial_failures.inc(DialFailure::Connect);
                         tracing::info!(peer = %act.target, error = %e, failures = act.failures + 1, "dial failed");
                         ctx.stop();
                     }
@@ -117,6 +127,13 @@ impl PeerConnection {
         // A dial or handshake that hangs counts as failed.
         ctx.run_later(timeout * 2, |act, ctx| {
             if act.state != State::Identified && act.state != State::GaveUp {
+                let failure = if act.socket_up {
+                    DialFailure::Handshake
+                } else {
+                    DialFailure::Connect
+                };
+                act.services.metrics.dial_failures.inc(failure);
+                act.cause.get_or_insert(CloseCause::NoHandshake);
                 tracing::info!(peer = %act.target, "handshake timed out");
                 ctx.stop();
             }
@@ -177,6 +194,7 @@ impl PeerConnection {
         if pong.client_id == *self.services.client_id {
             tracing::info!(peer = %self.target, "this endpoint is this node; not dialing it again");
             self.give_up(GaveUpReason::Myself);
+            self.cause.get_or_insert(CloseCause::Myself);
             self.outbox
                 .close(CloseCode::Normal, "this is the same node");
             return ctx.stop();
@@ -205,6 +223,8 @@ impl PeerConnection {
                     let servers = res.unwrap_or_default();
                     let Some(own) = servers.iter().find(|p| p.client_id() == claimed).cloned() else {
                         tracing::warn!(peer = %act.target, client = %claimed, "closing: pong has no verifiable record of its sender");
+                        act.services.metrics.dial_failures.inc(DialFailure::Handshake);
+                        act.cause.get_or_insert(CloseCause::NoHandshake);
                         act.outbox.close(CloseCode::Policy, "pong without a verifiable record of its sender");
                         return ctx.stop();
                     };
@@ -289,6 +309,10 @@ impl Actor for PeerConnection {
                 .hub
                 .do_send(ConnectionClosed { conn: self.conn });
         }
+        if self.socket_up {
+            let cause = self.cause.unwrap_or(CloseCause::PeerClosed);
+            self.services.metrics.connections_closed.inc(cause);
+        }
     }
 }
 
@@ -305,6 +329,8 @@ impl Supervised for PeerConnection {
         };
         self.outbox = Self::new_outbox(&self.services);
         self.early.clear();
+        self.socket_up = false;
+        self.cause = None;
         self.conn = next_conn_id();
         self.state = State::Idle;
         let limit = self.services.config.peering.give_up_after;
@@ -328,6 +354,7 @@ impl StreamHandler<(WsItem, Credit)> for PeerConnection {
                 tracing::debug!(peer = %self.target, "ignored {what}");
             }
             Incoming::Error(e) => {
+                self.cause.get_or_insert(CloseCause::SocketError);
                 tracing::info!(peer = %self.target, error = %e, "connection error");
                 ctx.stop();
             }
@@ -343,6 +370,7 @@ impl Handler<WriterEnded> for PeerConnection {
     type Result = ();
     fn handle(&mut self, msg: WriterEnded, ctx: &mut Self::Context) {
         if msg.0 == WriterEnd::Stalled {
+            self.cause.get_or_insert(CloseCause::WriteStalled);
             let secs = self.services.config.limits.write_timeout_secs;
             tracing::warn!(peer = %self.target, secs, "closing: writes made no progress (server frozen)");
         }
@@ -355,6 +383,7 @@ impl Handler<CloseConnection> for PeerConnection {
     fn handle(&mut self, msg: CloseConnection, ctx: &mut Self::Context) {
         tracing::info!(peer = %self.target, reason = %msg.reason, "giving up on this peer");
         self.outbox.close(msg.code, &msg.reason);
+        self.cause.get_or_insert(msg.cause);
         if self.state == State::Identified {
             self.services
                 .hub

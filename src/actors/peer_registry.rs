@@ -28,7 +28,8 @@ use crate::messages::dht::{EndpointsFound, LookupNow, SetSearching};
 use crate::messages::hub::DropConnection;
 use crate::messages::registry::*;
 use crate::messages::storage::{LoadPeers, SavePeer};
-use crate::registry::{Action, RegistrySettings, RegistryState, Source};
+use crate::metrics::{CloseCause, EndpointSource};
+use crate::registry::{Action, RegistrySettings, RegistryState, Source, StopReason};
 
 /// How often quarantined endpoints are checked for a redial.
 const TICK_EVERY: Duration = Duration::from_secs(1);
@@ -96,6 +97,12 @@ impl PeerRegistry {
         }
     }
 
+    /// An endpoint found: counted by source, then decided on.
+    fn found(&mut self, endpoint: Endpoint, source: Source, now: Instant) -> Vec<Action> {
+        self.services.metrics.endpoints_found.inc(source.into());
+        self.state.found(endpoint, source, now)
+    }
+
     fn apply(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
         for action in actions {
             match action {
@@ -107,13 +114,22 @@ impl PeerRegistry {
                     let addr =
                         Supervisor::start(move |_| PeerConnection::new(target, services, Some(me)));
                     if let Some(old) = self.dialers.insert(endpoint, addr) {
-                        old.do_send(CloseConnection::going_away("replaced by a new dialer"));
+                        old.do_send(
+                            CloseConnection::going_away("replaced by a new dialer")
+                                .because(CloseCause::Duplicate),
+                        );
                     }
                 }
                 Action::StopDialing { endpoint, reason } => {
                     if let Some(addr) = self.dialers.remove(&endpoint) {
                         tracing::info!(endpoint = %endpoint, reason = %reason, "stopped dialing");
-                        addr.do_send(CloseConnection::going_away(reason.to_string()));
+                        let cause = match reason {
+                            StopReason::ThisNode => CloseCause::Myself,
+                            StopReason::Duplicate { .. } => CloseCause::Duplicate,
+                        };
+                        addr.do_send(
+                            CloseConnection::going_away(reason.to_string()).because(cause),
+                        );
                     }
                 }
                 Action::CloseInbound { conn, reason } => {
@@ -136,7 +152,7 @@ impl Actor for PeerRegistry {
     fn started(&mut self, ctx: &mut Self::Context) {
         let now = Instant::now();
         for ep in self.static_peers.clone() {
-            let actions = self.state.found(ep, Source::Static, now);
+            let actions = self.found(ep, Source::Static, now);
             self.apply(actions, ctx);
         }
         let storage = self.storage.clone();
@@ -153,11 +169,8 @@ impl Actor for PeerRegistry {
                         }
                         let now = Instant::now();
                         for p in peers {
-                            let actions = act.state.found(
-                                Endpoint::new(p.host.clone(), p.port),
-                                Source::Book,
-                                now,
-                            );
+                            let actions =
+                                act.found(Endpoint::new(p.host.clone(), p.port), Source::Book, now);
                             act.apply(actions, ctx);
                         }
                     }
@@ -188,7 +201,7 @@ impl Handler<EndpointsFound> for PeerRegistry {
         }
         let now = Instant::now();
         for ep in msg.endpoints {
-            let actions = self.state.found(
+            let actions = self.found(
                 Endpoint::new(ep.ip().to_string(), ep.port()),
                 Source::Dht,
                 now,
@@ -206,9 +219,7 @@ impl Handler<ServersListed> for PeerRegistry {
             if self.state.is_connected(&p.address) {
                 continue;
             }
-            let actions =
-                self.state
-                    .found(Endpoint::new(p.host.clone(), p.port), Source::Exchange, now);
+            let actions = self.found(Endpoint::new(p.host.clone(), p.port), Source::Exchange, now);
             self.apply(actions, ctx);
         }
     }
@@ -217,6 +228,13 @@ impl Handler<ServersListed> for PeerRegistry {
 impl Handler<ServerConnected> for PeerRegistry {
     type Result = ();
     fn handle(&mut self, msg: ServerConnected, ctx: &mut Self::Context) {
+        if !msg.outbound {
+            // The endpoint in the record of a server that dialed us.
+            self.services
+                .metrics
+                .endpoints_found
+                .inc(EndpointSource::Inbound);
+        }
         let actions = self.state.connected_to(
             msg.conn,
             msg.outbound,

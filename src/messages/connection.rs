@@ -5,6 +5,7 @@ use actix::prelude::*;
 use actix_http::ws::CloseCode;
 
 use crate::flow::Outbox;
+use crate::metrics::CloseCause;
 
 /// Close the socket with a close frame carrying `code` and `reason`, then
 /// stop.
@@ -13,6 +14,8 @@ use crate::flow::Outbox;
 pub struct CloseConnection {
     pub code: CloseCode,
     pub reason: String,
+    /// What the close is counted as (`tooldb_connections_closed_total`).
+    pub cause: CloseCause,
 }
 
 impl CloseConnection {
@@ -21,6 +24,7 @@ impl CloseConnection {
         CloseConnection {
             code: CloseCode::Policy,
             reason: reason.into(),
+            cause: CloseCause::BadInput,
         }
     }
 
@@ -29,7 +33,14 @@ impl CloseConnection {
         CloseConnection {
             code: CloseCode::Away,
             reason: reason.into(),
+            cause: CloseCause::Shutdown,
         }
+    }
+
+    /// Counted as `cause`.
+    pub fn because(mut self, cause: CloseCause) -> Self {
+        self.cause = cause;
+        self
     }
 }
 

@@ -81,10 +81,17 @@ impl NodeProc {
         } else {
             &["--no-dht"]
         };
+        // Parallel tests must not meet on the default metrics port.
+        let metrics: &[&str] = if extra.contains(&"--metrics-listen") {
+            &[]
+        } else {
+            &["--metrics-listen", "off"]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
             .args(["serve", "--host", "127.0.0.1", "--port"])
             .arg(port.to_string())
             .args(dht)
+            .args(metrics)
             .arg("--data-dir")
             .arg(dir)
             .args(extra)

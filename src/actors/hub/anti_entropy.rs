@@ -33,6 +33,7 @@ impl Hub {
         if !starts {
             return;
         }
+        self.metrics.anti_entropy_rounds.inc();
         let storage = self.storage.clone();
         ctx.spawn(
             async move { storage.send(ReconcileStart).await }
@@ -125,6 +126,9 @@ impl Hub {
                                 "reconcile: sending records"
                             );
                         }
+                        act.metrics
+                            .anti_entropy_records
+                            .inc_by(answer.records.len() as u64);
                         act.backlog.entry(conn).or_default().extend(answer.records);
                         act.pump_backlog(conn);
                         for step in answer.reply {

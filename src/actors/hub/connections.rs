@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::messages::connection::ConnHandle;
 use crate::messages::hub::ConnId;
+use crate::metrics::ConnectionGauges;
 
 pub struct Conn {
     pub handle: ConnHandle,
@@ -97,9 +98,25 @@ pub struct Connections {
     conns: HashMap<ConnId, Conn>,
     by_client: HashMap<String, ConnId>,
     servers: HashSet<String>,
+    /// Open connections by kind, kept as they come and go.
+    gauges: Option<ConnectionGauges>,
 }
 
 impl Connections {
+    /// Keeps `gauges` equal to the connections held, by kind.
+    pub fn count_into(&mut self, gauges: ConnectionGauges) {
+        for c in self.conns.values() {
+            gauges.of(c.is_server, c.outbound).inc();
+        }
+        self.gauges = Some(gauges);
+    }
+
+    fn count(&self, c: &Conn, delta: i64) {
+        if let Some(g) = &self.gauges {
+            g.of(c.is_server, c.outbound).inc_by(delta);
+        }
+    }
+
     /// Makes `conn` its client's current connection.
     pub fn insert(&mut self, id: ConnId, conn: Conn) {
         self.by_client.insert(conn.client_id.clone(), id);
@@ -108,7 +125,10 @@ impl Connections {
         } else {
             self.servers.remove(&conn.client_id);
         }
-        self.conns.insert(id, conn);
+        self.count(&conn, 1);
+        if let Some(old) = self.conns.insert(id, conn) {
+            self.count(&old, -1);
+        }
     }
 
     /// Removes `id`. If it was its client's current connection, the
@@ -118,6 +138,7 @@ impl Connections {
     /// /peers said connected.) A scan, but only on a close.
     pub fn remove(&mut self, id: ConnId) -> Option<(Conn, Left)> {
         let conn = self.conns.remove(&id)?;
+        self.count(&conn, -1);
         if self.by_client.get(&conn.client_id) != Some(&id) {
             return Some((conn, Left::Superseded));
         }
@@ -147,6 +168,10 @@ impl Connections {
     pub fn promote(&mut self, id: ConnId) -> Option<Claim> {
         let conn = self.conns.get_mut(&id)?;
         let claim = conn.claim.take()?;
+        if let Some(g) = &self.gauges {
+            g.of(conn.is_server, conn.outbound).dec();
+            g.of(true, conn.outbound).inc();
+        }
         conn.is_server = true;
         conn.reconcile = claim.reconcile;
         conn.address = Some(claim.peer.address.clone());

@@ -33,6 +33,7 @@ mod subscriptions;
 mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -52,6 +53,7 @@ use crate::messages::hub::*;
 use crate::messages::registry::{ServerConnected, ServerDisconnected, ServersListed};
 use crate::messages::storage::*;
 use crate::messages::wire::*;
+use crate::metrics::{CloseCause, Metrics, Pause};
 use crate::peer::Peer;
 use crate::record::{Record, RecordError};
 
@@ -184,6 +186,7 @@ pub struct Hub {
     durability: Durability,
     functions: HashMap<&'static str, ServerFunction>,
     me: Option<Addr<Hub>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Hub {
@@ -225,7 +228,15 @@ impl Hub {
             durability: Durability::off(),
             functions,
             me: None,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts into the node's `metrics` (a hub of its own otherwise).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.conns.count_into(metrics.connections.clone());
+        self.metrics = metrics;
+        self
     }
 
     /// Waits for `durability` before exposing writes and reads.
@@ -276,7 +287,9 @@ impl Hub {
                 crate::remote_log!(warn, client = %c.client_id, server = c.is_server, error = %e, "closing: slow consumer");
                 let reason = e.to_string();
                 c.handle.outbox.close(CloseCode::Policy, &reason);
-                c.handle.close.do_send(CloseConnection::policy(reason));
+                c.handle
+                    .close
+                    .do_send(CloseConnection::policy(reason).because(CloseCause::SlowConsumer));
             }
         }
     }
@@ -310,6 +323,11 @@ impl Hub {
         if from_server || self.congested.is_empty() {
             drop(credit);
         } else {
+            if self.deferred.is_empty() {
+                self.metrics
+                    .backpressure_pauses
+                    .inc(Pause::ServerLinkCongested);
+            }
             self.deferred.push(credit);
         }
     }
@@ -519,6 +537,7 @@ impl Hub {
                 Step::Verify { seq, record } => self.verify(conn, seq, record, ctx),
                 Step::Store(batch) => self.store(conn, batch, ctx),
                 Step::Refuse { job, error } => {
+                    self.metrics.put_rejected(&error);
                     self.record_invalid(conn, &error);
                     if let Work::Put { id, .. } = &job.work {
                         self.answer_error(conn, "put", id, &error.to_string());
@@ -620,6 +639,7 @@ impl Hub {
             return self.release(job.credit, job.from_server);
         };
         let sender = &job.sender;
+        self.count_put(&outcome);
         for effect in pipeline::fanout(outcome) {
             match effect {
                 Fanout::Push {
@@ -658,6 +678,20 @@ impl Hub {
             }
         }
         self.release(job.credit, job.from_server);
+    }
+
+    fn count_put(&self, outcome: &StoredItem) {
+        match outcome {
+            StoredItem::Plain(Ok(StoreOutcome::Refused(e)))
+            | StoredItem::Crdt(Ok(CrdtOutcome::Refused(e)), _) => self.metrics.put_rejected(e),
+            StoredItem::Plain(Ok(_)) | StoredItem::Crdt(Ok(_), _) => {
+                self.metrics.puts_accepted.inc();
+            }
+            StoredItem::Plain(Err(_)) | StoredItem::Crdt(Err(_), _) => self
+                .metrics
+                .puts_rejected
+                .inc(crate::metrics::PutRejection::StorageError),
+        }
     }
 
     // ---- requests that read ----
@@ -985,9 +1019,10 @@ impl Handler<ConnectionIdentified> for Hub {
             if let Some(ping_id) = &msg.ping_id {
                 let _ = msg.handle.outbox.push(self.pong_frame(ping_id).into());
             }
-            msg.handle.close.do_send(CloseConnection::policy(
-                "this is the same node: refusing a connection to itself",
-            ));
+            msg.handle.close.do_send(
+                CloseConnection::policy("this is the same node: refusing a connection to itself")
+                    .because(CloseCause::Myself),
+            );
             return;
         }
         if let Some(refusal) = self.replayed_identity(&msg) {
@@ -1222,14 +1257,13 @@ impl Hub {
     ) {
         let PutData { id, to, data } = put;
         if crdt != data.crdt.is_some() {
-            self.record_invalid(
-                conn,
-                &RecordError::InvalidData(format!(
-                    "{} carries a record with c = {:?}",
-                    if crdt { "crdtPut" } else { "put" },
-                    data.crdt
-                )),
-            );
+            let error = RecordError::InvalidData(format!(
+                "{} carries a record with c = {:?}",
+                if crdt { "crdtPut" } else { "put" },
+                data.crdt
+            ));
+            self.metrics.put_rejected(&error);
+            self.record_invalid(conn, &error);
             return;
         }
         self.enqueue(conn, job(Work::Put { id, to }), Some((data, crdt)), ctx);
@@ -1302,7 +1336,9 @@ impl Handler<DropConnection> for Hub {
     type Result = ();
     fn handle(&mut self, msg: DropConnection, _: &mut Self::Context) {
         if let Some(c) = self.conns.get(msg.conn) {
-            c.handle.close.do_send(CloseConnection::policy(msg.reason));
+            c.handle
+                .close
+                .do_send(CloseConnection::policy(msg.reason).because(CloseCause::Duplicate));
         }
     }
 }

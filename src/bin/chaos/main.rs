@@ -276,6 +276,8 @@ impl Server {
         let child = cmd
             .args(["serve", "--host", &self.addr.ip().to_string()])
             .args(["--port", &self.addr.port().to_string(), "--topic", topic])
+            // Many servers on one machine: no metrics port for any.
+            .args(["--metrics-listen", "off"])
             .args(["--dht-bootstrap", boot, "--dht-port", "0", "--data-dir"])
             .arg(&self.data_dir)
             .env("RUST_LOG", "info")
