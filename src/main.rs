@@ -188,11 +188,19 @@ impl ServeArgs {
     }
 }
 
+/// The log format in force, once logging is set up.
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            if LOG_FORMAT.get() == Some(&LogFormat::Json) {
+                // Machines read stderr as JSON lines: the last one too.
+                tracing::error!(error = format!("{e:#}"), "exiting");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -234,6 +242,7 @@ fn init_logging(default_level: &str, format: LogFormat) {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| default_level.into());
+    let _ = LOG_FORMAT.set(format);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -146,7 +146,10 @@ fn a_put_moves_accepted_and_a_bad_signature_moves_rejected_by_reason() {
         "the forged put is not counted as accepted"
     );
     assert_eq!(
-        value(&text, "tooldb_puts_rejected_total{reason=\"invalid_hash_nonce\"}"),
+        value(
+            &text,
+            "tooldb_puts_rejected_total{reason=\"invalid_hash_nonce\"}"
+        ),
         Some(0.0)
     );
 }
@@ -223,7 +226,10 @@ fn serve_fails(listen: &str) -> String {
 #[test]
 fn a_bad_or_taken_metrics_address_is_a_clear_error() {
     let err = serve_fails("nonsense");
-    assert!(err.contains("metrics_listen") && err.contains("HOST:PORT"), "{err}");
+    assert!(
+        err.contains("metrics_listen") && err.contains("HOST:PORT"),
+        "{err}"
+    );
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let err = serve_fails(&addr);
