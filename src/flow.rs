@@ -626,7 +626,8 @@ mod tests {
     async fn the_gate_stops_reading_until_credit_comes_back() {
         let budget = Budget::new(1 << 20);
         let window = budget.window(3 * (10 + FRAME_OVERHEAD));
-        let outbox = Outbox::new(OutboxLimits::default());
+        let metrics = Arc::new(Metrics::new());
+        let outbox = Outbox::new(OutboxLimits::default()).metered(metrics.clone());
         let polled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let p = polled.clone();
         let frames = futures_util::stream::iter((0..10).map(move |i| {
@@ -648,9 +649,17 @@ mod tests {
             4,
             "no read past the one frame waiting for room"
         );
+        assert_eq!(
+            metrics.backpressure_pauses.get(Pause::Window),
+            1,
+            "one pause, however often it is polled"
+        );
+        assert_eq!(metrics.frames_received.get(), 3, "handed on so far");
         drop(held.remove(0));
         let (next, _credit) = gated.next().await.unwrap();
         assert_eq!(next, "frame-0003", "order kept");
+        assert_eq!(metrics.frames_received.get(), 4);
+        assert_eq!(metrics.received_bytes.get(), 40);
         assert_eq!(budget.available(), (1 << 20) - 3 * (10 + FRAME_OVERHEAD));
     }
 

@@ -34,6 +34,9 @@ use crate::record::RecordError;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 /// The `metrics_listen` value that turns the listener off.
 pub const OFF: &str = "off";
+/// Scrapers connected at once; more wait in the accept queue (memory an
+/// outsider can grow stays bounded).
+const MAX_SCRAPERS: usize = 64;
 /// Upper bounds of the verify-time buckets, seconds (a P-256 check takes
 /// ~40 µs, secp256k1 ~70 µs; a busy pool queues).
 const VERIFY_BUCKETS: &[f64] = &[
@@ -595,6 +598,7 @@ pub fn serve(
             }))
     })
     .workers(1)
+    .max_connections(MAX_SCRAPERS)
     .disable_signals()
     .shutdown_timeout(1)
     .listen(listener)?

@@ -259,6 +259,15 @@ pub struct DhtChannel {
 
 impl DhtChannel {
     pub fn new(settings: DhtSettings, found: Recipient<EndpointsFound>) -> Self {
+        Self::counting(settings, found, Arc::new(Metrics::new()))
+    }
+
+    /// A channel that counts its lookups and announces into `metrics`.
+    pub fn counting(
+        settings: DhtSettings,
+        found: Recipient<EndpointsFound>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         DhtChannel {
             settings,
             found,
@@ -273,7 +282,7 @@ impl DhtChannel {
             down_logged: false,
             unreachable_logged: false,
             failing: false,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
         }
     }
 
@@ -288,11 +297,7 @@ impl DhtChannel {
         found: Recipient<EndpointsFound>,
         metrics: Arc<Metrics>,
     ) -> Addr<Self> {
-        Supervisor::start(move |_| {
-            let mut channel = DhtChannel::new(settings, found);
-            channel.metrics = metrics;
-            channel
-        })
+        Supervisor::start(move |_| DhtChannel::counting(settings, found, metrics))
     }
 
     fn generation(&mut self) -> u64 {
