@@ -156,8 +156,19 @@ pub fn dht_settings(config: &Config) -> DhtSettings {
 
 pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> {
     let config = Arc::new(config);
-    // First, so a taken metrics port fails before anything starts.
-    let metrics_listener = crate::metrics::bind(&config.metrics_listen)?;
+    // First, so a taken metrics port fails before anything starts. The
+    // default port taken (a second node on one machine) is not worth
+    // refusing to serve: that node runs without metrics and says so.
+    let metrics_listener = match crate::metrics::bind(&config.metrics_listen) {
+        Err(crate::metrics::MetricsListenError::Listen { addr, source })
+            if config.metrics_listen.trim() == crate::metrics::DEFAULT_LISTEN
+                && source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            tracing::warn!(%addr, error = %source, "the default metrics address is taken: serving without /metrics (set --metrics-listen HOST:PORT or off)");
+            None
+        }
+        other => other?,
+    };
     let metrics = Arc::new(Metrics::new());
     let data_dir = &config.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir {

@@ -235,3 +235,19 @@ fn a_bad_or_taken_metrics_address_is_a_clear_error() {
     let err = serve_fails(&addr);
     assert!(err.contains("cannot listen for metrics"), "{err}");
 }
+
+/// A second node on one machine: the default metrics address is taken
+/// (held here, or by another node), and the node serves anyway, without
+/// `/metrics`, saying why in its log.
+#[test]
+fn a_taken_default_metrics_address_only_turns_metrics_off() {
+    // Held for the test if free; if not, someone else holds it: taken either way.
+    let _held = std::net::TcpListener::bind(tooldb_node::metrics::DEFAULT_LISTEN);
+    let node = NodeProc::start(&["--metrics-listen", tooldb_node::metrics::DEFAULT_LISTEN]);
+    node.wait_healthy();
+    wait_for("the warning", Duration::from_secs(10), || {
+        node.log()
+            .contains("the default metrics address is taken")
+            .then_some(())
+    });
+}
