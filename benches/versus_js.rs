@@ -12,7 +12,8 @@
 //! Figures, not assertions: `cargo bench --bench versus_js` (needs Node.js
 //! and `npm ci` in tests/interop; `IDLE=N` sets the idle clients, 10,000 by
 //! default; `ONLY=tooldb|js` runs one side; `OURS_LOG=FILE` and
-//! `JS_DEBUG=FILE` keep the servers' logs). Ratios are what count: this
+//! `JS_DEBUG=FILE` keep the servers' logs; `OURS_WRAP=CMD` runs ours under
+//! a profiler, e.g. `heaptrack -o FILE`). Ratios are what count: this
 //! machine is noisy.
 
 use std::io::{BufRead, BufReader};
@@ -52,7 +53,18 @@ fn free_port() -> u16 {
 
 struct Proc(Child, #[allow(dead_code)] tempfile::TempDir);
 impl Drop for Proc {
+    /// SIGTERM first, so a profiler wrapping the server (`OURS_WRAP`)
+    /// writes its data; SIGKILL after 10 s.
     fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -69,16 +81,13 @@ fn wait_listening(port: u16) {
 fn start_ours() -> (Proc, u16) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    // OURS_WRAP="heaptrack -o /tmp/ht": a profiler in front of the server.
+    let wrap = std::env::var("OURS_WRAP").unwrap_or_default();
     let child = Command::new("taskset")
-        .args([
-            "-c",
-            "0",
-            env!("CARGO_BIN_EXE_tooldb-node"),
-            "serve",
-            "--no-dht",
-            "--metrics-listen",
-            "off",
-        ])
+        .args(["-c", "0"])
+        .args(wrap.split_whitespace())
+        .args([env!("CARGO_BIN_EXE_tooldb-node"), "serve", "--no-dht"])
+        .args(["--metrics-listen", "off"])
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .arg("--data-dir")
         .arg(dir.path())
