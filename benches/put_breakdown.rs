@@ -14,18 +14,12 @@ use tooldb_node::crypto::{sha256_hex, KeyScheme, NodeKey};
 use tooldb_node::messages::wire::{WireLimits, WireMessage};
 use tooldb_node::record::{now_ms, sign_record, Record};
 
+mod common;
+use common::pin_self_to;
+
 const PUTS: usize = 4000;
 /// Records per group-commit flush, about what a burst batches.
 const FLUSH_EVERY: usize = 64;
-
-fn pin_self_to(core: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; we pass its size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
 
 /// µs per item of `f` run over `items`.
 fn per_item<T>(items: &[T], mut f: impl FnMut(&T)) -> f64 {

@@ -28,20 +28,11 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
 
 mod common;
-use common::{connect, rss_mib, Ws};
+use common::{connect, pin_self_to, rss_mib, Ws};
 
 const KEYS: usize = 1000;
 const WRITERS: usize = 4;
 const PUTS: usize = 20_000;
-
-fn pin_self_to(core: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; we pass its size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

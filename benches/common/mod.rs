@@ -86,3 +86,13 @@ pub fn rss_mib(pid: u32) -> f64 {
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
+
+/// Pins the calling thread (and the threads it starts later) to `core`.
+pub fn pin_self_to(core: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; we pass its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
