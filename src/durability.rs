@@ -5,6 +5,9 @@
 //! before it pushes, relays or answers) awaits `synced()`, which costs a
 //! future, not a thread. With one flush per write, two storage threads
 //! spent their time in fsync; now one fsync covers every write before it.
+//! Under load (the last flush covered `BUSY_BATCH` writes or more) the
+//! flusher waits `GATHER_UNDER_LOAD` before the next one so that more writes
+//! share it; a lone write is flushed at once.
 //!
 //! The flusher holds the database while it runs; dropping the last handle
 //! stops it and waits for it (after a last flush), so once a `Storage` is
@@ -166,8 +169,14 @@ impl Drop for WriteGuard<'_> {
     }
 }
 
+/// A flush covering this many writes means the node is under load.
+const BUSY_BATCH: u64 = 8;
+/// How long a flush under load waits for more writes to join it.
+const GATHER_UNDER_LOAD: Duration = Duration::from_micros(1000);
+
 fn flusher(inner: Arc<Inner>, db: sled::Db) {
     let mut done = 0u64;
+    let mut busy = false;
     loop {
         let closing = inner.closing.load(Ordering::SeqCst);
         let target = {
@@ -181,6 +190,18 @@ fn flusher(inner: Arc<Inner>, db: sled::Db) {
             *guard
         };
         if target > done || closing {
+            // Under load (the last flush covered many writes) wait a little
+            // for more to join this one: fewer flushes, each covering more.
+            // A lone write (light load) is flushed at once.
+            if busy && !closing {
+                std::thread::sleep(GATHER_UNDER_LOAD);
+            }
+            let target = if busy {
+                *inner.requested.lock().unwrap_or_else(|e| e.into_inner())
+            } else {
+                target
+            };
+            busy = target - done >= BUSY_BATCH;
             match db.flush() {
                 Ok(_) => {
                     done = target;
