@@ -42,6 +42,7 @@ pub struct Config {
     pub limits: Limits,
     pub peering: Peering,
     pub storage: StorageConfig,
+    pub tls: TlsConfig,
 }
 
 /// How log lines are written to stderr.
@@ -177,6 +178,23 @@ pub struct StorageConfig {
     pub threads: usize,
 }
 
+/// TLS on the websocket port; both files or neither.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first; empty = plain ws/http.
+    pub cert_file: PathBuf,
+    /// PEM private key of the leaf certificate.
+    pub key_file: PathBuf,
+}
+
+impl TlsConfig {
+    /// The files to serve TLS with, if any; an error if only one is set.
+    pub fn files(&self) -> Result<Option<crate::tls::CertFiles>, crate::tls::TlsError> {
+        crate::tls::CertFiles::from_paths(&self.cert_file, &self.key_file)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -196,6 +214,7 @@ impl Default for Config {
             limits: Limits::default(),
             peering: Peering::default(),
             storage: StorageConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }

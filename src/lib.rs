@@ -21,4 +21,5 @@ pub mod reconcile;
 pub mod record;
 pub mod registry;
 pub mod server;
+pub mod tls;
 pub mod transport;

@@ -149,6 +149,14 @@ struct ServeArgs {
     /// (default 127.0.0.1:9464).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
+    /// TLS on the websocket port (wss, https): the PEM certificate chain,
+    /// leaf first. Needs --tls-cert and --tls-key; both are reloaded when
+    /// they change.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -184,6 +192,14 @@ impl ServeArgs {
         if let Some(v) = &self.metrics_listen {
             c.metrics_listen = v.clone();
         }
+        if let Some(v) = &self.tls_cert {
+            c.tls.cert_file = v.clone();
+        }
+        if let Some(v) = &self.tls_key {
+            c.tls.key_file = v.clone();
+        }
+        // Checked here too, so the error names the flags before anything starts.
+        c.tls.files()?;
         Ok(c)
     }
 }

@@ -52,6 +52,10 @@ pub enum StartError {
     Listen(std::io::Error),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsListenError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot start the TLS certificate watcher: {0}")]
+    TlsWatcher(std::io::Error),
 }
 
 /// A running node.
@@ -170,6 +174,15 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         other => other?,
     };
     let metrics = Arc::new(Metrics::new());
+    // Bad certificate files stop the start, before anything else is opened.
+    let tls = match config.tls.files()? {
+        Some(files) => {
+            let resolver = Arc::new(crate::tls::CertResolver::new(files.load()?));
+            let server_config = crate::tls::server_config(resolver.clone())?;
+            Some((files, resolver, server_config))
+        }
+        None => None,
+    };
     let data_dir = &config.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir {
         path: data_dir.display().to_string(),
@@ -327,9 +340,18 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
     .shutdown_timeout(2)
     // After our close frame, what is queued still has to reach a slow
     // reader (its close reason included); actix's default of 1 s dropped it.
-    .client_disconnect_timeout(Duration::from_secs(config.limits.write_timeout_secs))
-    .listen(listener)
-    .map_err(StartError::Listen)?
+    .client_disconnect_timeout(Duration::from_secs(config.limits.write_timeout_secs));
+    let server = match tls {
+        Some((files, resolver, server_config)) => {
+            let server = server
+                .listen_rustls_0_23(listener, server_config)
+                .map_err(StartError::Listen)?;
+            // The watcher lives as long as the server's TLS configuration.
+            crate::tls::watch_files(files, &resolver).map_err(StartError::TlsWatcher)?;
+            server
+        }
+        None => server.listen(listener).map_err(StartError::Listen)?,
+    }
     .run();
     let (metrics_addr, metrics_http) = match metrics_listener {
         Some(l) => {
@@ -349,6 +371,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         address = %key.address(),
         client_id = %key.client_id(),
         data_dir = %config.data_dir.display(),
+        tls = !config.tls.cert_file.as_os_str().is_empty(),
         "serving"
     );
     Ok(Node {

@@ -73,6 +73,23 @@ impl NodeProc {
     }
 
     pub fn start_in_env(dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> NodeProc {
+        let node = Self::spawn_in_env(dir, port, extra, env);
+        node.wait_healthy();
+        node
+    }
+
+    /// Starts a node with a fresh data dir and `extra` flags without
+    /// waiting for its plain-HTTP `/health` (a TLS node has none).
+    pub fn spawn(extra: &[&str]) -> NodeProc {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut n = Self::spawn_in_env(&dir, free_port(), extra, &[]);
+        n._tmp = Some(tmp);
+        n
+    }
+
+    /// Like `start_in_env`, without waiting for `/health`.
+    pub fn spawn_in_env(dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> NodeProc {
         let log = dir.with_extension(format!("{port}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
         // Without a private DHT to join, a test node never touches the DHT.
@@ -101,15 +118,13 @@ impl NodeProc {
             .stderr(log_file)
             .spawn()
             .expect("the tooldb-node binary runs");
-        let node = NodeProc {
+        NodeProc {
             port,
             data_dir: dir.to_owned(),
             child,
             _tmp: None,
             log,
-        };
-        node.wait_healthy();
-        node
+        }
     }
 
     /// Starts a node with DHT discovery on and a fresh data dir: its DHT

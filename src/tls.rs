@@ -1,0 +1,356 @@
+//! TLS on the websocket port (wss, and https for `/health`, `/peers` and
+//! the rest): a certificate chain and its key from PEM files, reloaded when
+//! they change.
+//!
+//! The rustls `ServerConfig` asks a [`CertResolver`] for the certificate at
+//! each handshake (with or without SNI: there is one certificate). The
+//! resolver holds the current [`CertifiedKey`] behind a lock; a watcher
+//! thread ([`watch_files`]) polls the files' modification time and length
+//! every [`RELOAD_POLL`] and swaps in the new pair once both parse and the
+//! key matches the certificate. New handshakes then get the new
+//! certificate; open connections keep theirs. Bad files at start are an
+//! error ([`load_certified_key`]); bad files at reload are one warning, and
+//! the old certificate stays. Anything else that obtains certificates
+//! (ACME) can feed the same resolver with [`CertResolver::set`].
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// How often the watcher looks at the certificate and key files.
+pub const RELOAD_POLL: Duration = Duration::from_secs(1);
+
+/// Largest certificate or key file read, bytes (a chain is a few KiB).
+pub const MAX_PEM_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS needs both a certificate and a key file (--tls-cert and --tls-key, or [tls] cert_file and key_file): only the {given} was given")]
+    OnlyOne { given: &'static str },
+    #[error("cannot read the TLS {what} file {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the TLS {what} file {path} is larger than {MAX_PEM_BYTES} bytes")]
+    TooLarge { what: &'static str, path: PathBuf },
+    #[error("the TLS certificate file {path} is not PEM certificates: {reason}")]
+    BadCertPem { path: PathBuf, reason: String },
+    #[error("the TLS certificate file {path} holds no PEM certificate")]
+    NoCert { path: PathBuf },
+    #[error("the TLS key file {path} holds no PEM private key ({reason})")]
+    BadKeyPem { path: PathBuf, reason: String },
+    #[error("the TLS key in {path} is not a usable private key: {source}")]
+    UnusableKey {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("the TLS certificate in {path} cannot be read: {source}")]
+    BadCert {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("the TLS key {key} does not match the certificate {cert}")]
+    Mismatch { cert: PathBuf, key: PathBuf },
+    #[error("TLS setup: {0}")]
+    Setup(rustls::Error),
+}
+
+/// The certificate chain file and its key file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl CertFiles {
+    /// Both paths or neither (empty = not given); one alone is an error.
+    pub fn from_paths(cert: &Path, key: &Path) -> Result<Option<CertFiles>, TlsError> {
+        match (cert.as_os_str().is_empty(), key.as_os_str().is_empty()) {
+            (true, true) => Ok(None),
+            (false, true) => Err(TlsError::OnlyOne {
+                given: "certificate",
+            }),
+            (true, false) => Err(TlsError::OnlyOne { given: "key" }),
+            (false, false) => Ok(Some(CertFiles {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+            })),
+        }
+    }
+
+    /// Loads and checks the pair.
+    pub fn load(&self) -> Result<CertifiedKey, TlsError> {
+        load_certified_key(&self.cert, &self.key)
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    use std::io::Read as _;
+    let read_err = |source| TlsError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(TlsError::TooLarge {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Reads a PEM certificate chain (leaf first) and its PEM private key
+/// (PKCS#8, PKCS#1 or SEC1), and checks that the key is the leaf's.
+pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
+    let cert_pem = read_pem("certificate", cert_path)?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::BadCertPem {
+            path: cert_path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCert {
+            path: cert_path.to_owned(),
+        });
+    }
+    let key_pem = read_pem("key", key_path)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKeyPem {
+        path: key_path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let signer = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|source| TlsError::UnusableKey {
+            path: key_path.to_owned(),
+            source,
+        })?;
+    let certified = CertifiedKey::new(chain, signer);
+    match certified.keys_match() {
+        Ok(()) => Ok(certified),
+        Err(rustls::Error::InconsistentKeys(_)) => Err(TlsError::Mismatch {
+            cert: cert_path.to_owned(),
+            key: key_path.to_owned(),
+        }),
+        Err(source) => Err(TlsError::BadCert {
+            path: cert_path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The certificate every handshake gets; swapped whole on reload.
+#[derive(Debug)]
+pub struct CertResolver {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertResolver {
+    pub fn new(key: CertifiedKey) -> CertResolver {
+        CertResolver {
+            current: RwLock::new(Arc::new(key)),
+        }
+    }
+
+    /// New handshakes use `key` from now on.
+    pub fn set(&self, key: CertifiedKey) {
+        let key = Arc::new(key);
+        // A poisoned lock still holds a whole Arc: replace it.
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// A rustls server configuration (ring, TLS 1.2 and 1.3, no client
+/// certificates) that takes its certificate from `resolver`.
+pub fn server_config(resolver: Arc<CertResolver>) -> Result<ServerConfig, TlsError> {
+    Ok(ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Setup)?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver))
+}
+
+/// What the watcher compares: each file's modification time and length
+/// (None: unreadable right now).
+type Stamp = [Option<(SystemTime, u64)>; 2];
+
+fn stamp(files: &CertFiles) -> Stamp {
+    let one = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+    };
+    [one(&files.cert), one(&files.key)]
+}
+
+/// The reload decisions, apart from the thread and the clock.
+#[derive(Debug)]
+struct Reloader {
+    /// The stamp of the files last acted on (loaded, or warned about).
+    settled: Stamp,
+    /// A changed stamp that failed to load once: a writer may be between
+    /// the two files, so it is retried at the next poll before a warning.
+    pending: Option<Stamp>,
+}
+
+/// What one poll does.
+#[derive(Debug)]
+enum Outcome {
+    Unchanged,
+    Loaded(Box<CertifiedKey>),
+    /// Not loadable yet; looked at again next poll.
+    Waiting,
+    Rejected(TlsError),
+}
+
+impl Reloader {
+    fn poll(
+        &mut self,
+        now: Stamp,
+        load: impl FnOnce() -> Result<CertifiedKey, TlsError>,
+    ) -> Outcome {
+        if now == self.settled {
+            self.pending = None;
+            return Outcome::Unchanged;
+        }
+        let retry = self.pending == Some(now);
+        match load() {
+            Ok(key) => {
+                self.settled = now;
+                self.pending = None;
+                Outcome::Loaded(Box::new(key))
+            }
+            Err(e) if retry => {
+                self.settled = now;
+                self.pending = None;
+                Outcome::Rejected(e)
+            }
+            Err(_) => {
+                self.pending = Some(now);
+                Outcome::Waiting
+            }
+        }
+    }
+}
+
+/// Starts the thread that reloads `files` into `resolver` when they
+/// change. It ends when the resolver is dropped (the server stopped).
+pub fn watch_files(files: CertFiles, resolver: &Arc<CertResolver>) -> std::io::Result<()> {
+    let weak: Weak<CertResolver> = Arc::downgrade(resolver);
+    let mut reloader = Reloader {
+        settled: stamp(&files),
+        pending: None,
+    };
+    std::thread::Builder::new()
+        .name("tls-reload".into())
+        .spawn(move || loop {
+            std::thread::sleep(RELOAD_POLL);
+            let Some(resolver) = weak.upgrade() else {
+                return;
+            };
+            match reloader.poll(stamp(&files), || files.load()) {
+                Outcome::Loaded(key) => {
+                    resolver.set(*key);
+                    tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
+                }
+                Outcome::Rejected(e) => tracing::warn!(
+                    error = %e,
+                    "TLS certificate files changed but cannot be used; keeping the old certificate"
+                ),
+                Outcome::Unchanged | Outcome::Waiting => {}
+            }
+        })
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64, len: u64) -> Stamp {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        [Some((t, len)), Some((t, len))]
+    }
+
+    fn fail() -> Result<CertifiedKey, TlsError> {
+        Err(TlsError::NoCert {
+            path: PathBuf::from("c.pem"),
+        })
+    }
+
+    #[test]
+    fn unchanged_files_are_not_read() {
+        let mut r = Reloader {
+            settled: at(1, 10),
+            pending: None,
+        };
+        let out = r.poll(at(1, 10), || panic!("read although unchanged"));
+        assert!(matches!(out, Outcome::Unchanged));
+    }
+
+    #[test]
+    fn a_bad_change_is_retried_once_then_warned_about_once() {
+        let mut r = Reloader {
+            settled: at(1, 10),
+            pending: None,
+        };
+        assert!(matches!(r.poll(at(2, 11), fail), Outcome::Waiting));
+        assert!(matches!(r.poll(at(2, 11), fail), Outcome::Rejected(_)));
+        let out = r.poll(at(2, 11), || panic!("read again after the warning"));
+        assert!(matches!(out, Outcome::Unchanged));
+    }
+
+    #[test]
+    fn a_change_that_goes_on_is_retried_without_a_warning() {
+        let mut r = Reloader {
+            settled: at(1, 10),
+            pending: None,
+        };
+        assert!(matches!(r.poll(at(2, 11), fail), Outcome::Waiting));
+        // The second file arrived meanwhile: a new stamp, a fresh try.
+        assert!(matches!(r.poll(at(3, 12), fail), Outcome::Waiting));
+    }
+
+    #[test]
+    fn only_one_file_is_a_clear_error() {
+        let err = CertFiles::from_paths(Path::new("c.pem"), Path::new("")).unwrap_err();
+        assert!(err.to_string().contains("only the certificate"), "{err}");
+        assert_eq!(
+            CertFiles::from_paths(Path::new(""), Path::new("")).unwrap(),
+            None
+        );
+    }
+}

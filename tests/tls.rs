@@ -1,0 +1,395 @@
+//! TLS on the websocket port from certificate files (issue 12 part 1): a
+//! test CA and leaves for 127.0.0.1 made with rcgen, clients that trust
+//! only that CA; wss and https on one port; new files served to new
+//! handshakes while open connections stay; bad files refused at start and
+//! warned about (old certificate kept) at reload. Clients dial 127.0.0.1
+//! by IP address, so their handshakes carry no SNI.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{free_port, wait_for, NodeProc, RawPeer};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use serde_json::{json, Value};
+use tungstenite::stream::MaybeTlsStream;
+
+/// A test certificate authority.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    der: CertificateDer<'static>,
+}
+
+/// A leaf certificate (PEM) and its key (PEM).
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+    der: Vec<u8>,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "tooldb-node test CA");
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn leaf(&self) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+
+    /// A client configuration trusting this CA only.
+    fn client_config(&self) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        Arc::new(
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+}
+
+/// The certificate and key files a node serves from.
+struct Files {
+    _dir: tempfile::TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Files {
+    fn new(leaf: &Leaf) -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files {
+            cert: dir.path().join("chain.pem"),
+            key: dir.path().join("key.pem"),
+            _dir: dir,
+        };
+        files.write(leaf);
+        files
+    }
+
+    /// Rewrites both files in place, certificate first (as a careless
+    /// operator would: the watcher sees the pair mismatched for a moment).
+    fn write(&self, leaf: &Leaf) {
+        std::fs::write(&self.cert, &leaf.cert_pem).unwrap();
+        std::fs::write(&self.key, &leaf.key_pem).unwrap();
+    }
+
+    fn flags(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            path_str(&self.cert),
+            "--tls-key".into(),
+            path_str(&self.key),
+        ]
+    }
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_str().unwrap().to_owned()
+}
+
+fn start_tls_node(files: &Files, config: &Arc<ClientConfig>) -> NodeProc {
+    let flags = files.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let node = NodeProc::spawn(&flags);
+    wait_for("the node's https /health", Duration::from_secs(20), || {
+        https_get(node.port, "/health", config).filter(|(status, _)| *status == 200)
+    });
+    node
+}
+
+/// A TLS connection to the node, handshake done; None if it failed.
+fn tls_connect(
+    port: u16,
+    config: &Arc<ClientConfig>,
+) -> Option<StreamOwned<ClientConnection, TcpStream>> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    // An IP address as the server name: no SNI in the ClientHello.
+    let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let conn = ClientConnection::new(config.clone(), name).ok()?;
+    let mut stream = StreamOwned::new(conn, tcp);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stream.conn.is_handshaking() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        stream.conn.complete_io(&mut stream.sock).ok()?;
+    }
+    Some(stream)
+}
+
+/// The leaf certificate a new handshake presents.
+fn served_cert(port: u16, config: &Arc<ClientConfig>) -> Option<Vec<u8>> {
+    let stream = tls_connect(port, config)?;
+    let certs = stream.conn.peer_certificates()?;
+    certs.first().map(|c| c.to_vec())
+}
+
+/// An HTTP/1.0 GET over TLS: (status, body).
+fn https_get(port: u16, path: &str, config: &Arc<ClientConfig>) -> Option<(u16, String)> {
+    let mut s = tls_connect(port, config)?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    s.flush().ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Until the server closes (with or without close_notify), bounded.
+    for _ in 0..1024 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    let out = String::from_utf8_lossy(&out);
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// A raw Tool Db peer over wss.
+fn wss_peer(port: u16, config: &Arc<ClientConfig>) -> RawPeer {
+    let stream = tls_connect(port, config).expect("a TLS handshake");
+    let (ws, _) = tungstenite::client(
+        format!("wss://127.0.0.1:{port}"),
+        MaybeTlsStream::Rustls(stream),
+    )
+    .expect("a websocket over TLS");
+    if let MaybeTlsStream::Rustls(s) = ws.get_ref() {
+        s.sock
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+    }
+    RawPeer::on(ws, port)
+}
+
+/// Ping, put and get through `peer`.
+fn ping_put_get(peer: &mut RawPeer, key: &str, value: Value) {
+    let pong = peer.handshake(false);
+    assert_eq!(pong["type"], "pong");
+    peer.put(key, value.clone());
+    peer.wait_value(key, &value);
+}
+
+#[test]
+fn wss_and_https_are_served_from_certificate_files() {
+    let ca = Ca::new();
+    let config = ca.client_config();
+    let leaf = ca.leaf();
+    let files = Files::new(&leaf);
+    let node = start_tls_node(&files, &config);
+
+    let (status, body) = https_get(node.port, "/health", &config).unwrap();
+    assert_eq!(status, 200);
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "serving");
+    let (status, body) = https_get(node.port, "/peers", &config).unwrap();
+    assert_eq!(status, 200);
+    let peers: Value = serde_json::from_str(&body).unwrap();
+    assert!(peers["self"]["address"].is_string(), "{peers}");
+    assert_eq!(served_cert(node.port, &config), Some(leaf.der.clone()));
+
+    let mut peer = wss_peer(node.port, &config);
+    ping_put_get(&mut peer, "tls-key", json!("over wss"));
+
+    // A second client reads what the first wrote.
+    let mut other = wss_peer(node.port, &config);
+    other.handshake(false);
+    other.wait_value("tls-key", &json!("over wss"));
+
+    // The port speaks TLS only: plain HTTP gets no answer.
+    assert_eq!(common::http_get(node.port, "/health"), None);
+}
+
+#[test]
+fn new_files_serve_new_handshakes_while_open_connections_stay() {
+    let ca = Ca::new();
+    let config = ca.client_config();
+    let first = ca.leaf();
+    let files = Files::new(&first);
+    let node = start_tls_node(&files, &config);
+    let mut open = wss_peer(node.port, &config);
+    ping_put_get(&mut open, "before", json!(1));
+
+    let second = ca.leaf();
+    files.write(&second);
+    wait_for(
+        "a new handshake to present the new certificate",
+        Duration::from_secs(15),
+        || (served_cert(node.port, &config)? == second.der).then_some(()),
+    );
+
+    // The connection opened under the old certificate still works.
+    ping_put_get(&mut open, "after", json!(2));
+    let mut fresh = wss_peer(node.port, &config);
+    fresh.handshake(false);
+    fresh.wait_value("after", &json!(2));
+    assert!(node.log().contains("TLS certificate reloaded"));
+}
+
+#[test]
+fn unusable_files_at_reload_are_a_warning_and_the_old_certificate_stays() {
+    let ca = Ca::new();
+    let config = ca.client_config();
+    let first = ca.leaf();
+    let files = Files::new(&first);
+    let node = start_tls_node(&files, &config);
+
+    // A new certificate whose key never comes: the key file keeps the old key.
+    let second = ca.leaf();
+    std::fs::write(&files.cert, &second.cert_pem).unwrap();
+    wait_for("the reload warning", Duration::from_secs(15), || {
+        node.log()
+            .contains("keeping the old certificate")
+            .then_some(())
+    });
+    let log = node.log();
+    assert!(log.contains("does not match the certificate"), "{log}");
+    assert_eq!(
+        log.matches("keeping the old certificate").count(),
+        1,
+        "one warning per change"
+    );
+    assert_eq!(served_cert(node.port, &config), Some(first.der.clone()));
+    let mut peer = wss_peer(node.port, &config);
+    ping_put_get(&mut peer, "still", json!("old certificate"));
+
+    // Garbage instead of a key: still the old certificate.
+    std::fs::write(&files.key, "not a key\n").unwrap();
+    wait_for("the second warning", Duration::from_secs(15), || {
+        (node.log().matches("keeping the old certificate").count() == 2).then_some(())
+    });
+    assert_eq!(served_cert(node.port, &config), Some(first.der.clone()));
+
+    // The matching key arrives: the new certificate is served.
+    std::fs::write(&files.key, &second.key_pem).unwrap();
+    wait_for("the new certificate", Duration::from_secs(15), || {
+        (served_cert(node.port, &config)? == second.der).then_some(())
+    });
+}
+
+/// Runs `serve` with `extra` flags, expecting it to fail: its stderr.
+fn serve_fails(extra: &[String]) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let stderr_path = tmp.path().join("stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--no-dht",
+            "--metrics-listen",
+            "off",
+        ])
+        .arg("--port")
+        .arg(free_port().to_string())
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_for("serve to exit", Duration::from_secs(20), || {
+        child.try_wait().unwrap()
+    });
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(!status.success(), "serve {extra:?} succeeded: {stderr}");
+    stderr
+}
+
+#[test]
+fn bad_files_at_start_are_one_clear_error() {
+    let ca = Ca::new();
+    let leaf = ca.leaf();
+    let other = ca.leaf();
+    let files = Files::new(&leaf);
+    let dir = files.cert.parent().unwrap().to_owned();
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "hello\n").unwrap();
+    let other_key = dir.join("other-key.pem");
+    std::fs::write(&other_key, &other.key_pem).unwrap();
+    let missing = dir.join("missing.pem");
+    let s = |p: &Path| path_str(p);
+
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--tls-cert".into(), s(&files.cert)],
+            "only the certificate was given",
+        ),
+        (
+            vec!["--tls-key".into(), s(&files.key)],
+            "only the key was given",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                s(&missing),
+                "--tls-key".into(),
+                s(&files.key),
+            ],
+            "cannot read the TLS certificate file",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                s(&garbage),
+                "--tls-key".into(),
+                s(&files.key),
+            ],
+            "holds no PEM certificate",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                s(&files.cert),
+                "--tls-key".into(),
+                s(&garbage),
+            ],
+            "holds no PEM private key",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                s(&files.cert),
+                "--tls-key".into(),
+                s(&other_key),
+            ],
+            "does not match the certificate",
+        ),
+    ];
+    for (flags, expected) in cases {
+        let stderr = serve_fails(&flags);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{flags:?}: {stderr}");
+        assert!(errors[0].contains(expected), "{flags:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{flags:?}: {stderr}");
+    }
+}
