@@ -116,9 +116,13 @@ fn path_str(p: &Path) -> String {
 }
 
 fn start_tls_node(files: &Files, config: &Arc<ClientConfig>) -> NodeProc {
+    start_tls_node_env(files, config, &[])
+}
+
+fn start_tls_node_env(files: &Files, config: &Arc<ClientConfig>, env: &[(&str, &str)]) -> NodeProc {
     let flags = files.flags();
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let node = NodeProc::spawn(&flags);
+    let node = NodeProc::spawn_env(&flags, env);
     wait_for("the node's https /health", Duration::from_secs(20), || {
         https_get(node.port, "/health", config).filter(|(status, _)| *status == 200)
     });
@@ -130,7 +134,23 @@ fn tls_connect(
     port: u16,
     config: &Arc<ClientConfig>,
 ) -> Option<StreamOwned<ClientConnection, TcpStream>> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tls_connect_from("127.0.0.1", port, config)
+}
+
+/// Like `tls_connect`, from the loopback address `source` (another host
+/// to the node's per-address limits).
+fn tls_connect_from(
+    source: &str,
+    port: u16,
+    config: &Arc<ClientConfig>,
+) -> Option<StreamOwned<ClientConnection, TcpStream>> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+    let src: std::net::SocketAddr = format!("{source}:0").parse().ok()?;
+    sock.bind(&src.into()).ok()?;
+    let dst: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    sock.connect(&dst.into()).ok()?;
+    let tcp: TcpStream = sock.into();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     // An IP address as the server name: no SNI in the ClientHello.
     let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
@@ -175,18 +195,37 @@ fn https_get(port: u16, path: &str, config: &Arc<ClientConfig>) -> Option<(u16, 
 
 /// A raw Tool Db peer over wss.
 fn wss_peer(port: u16, config: &Arc<ClientConfig>) -> RawPeer {
-    let stream = tls_connect(port, config).expect("a TLS handshake");
-    let (ws, _) = tungstenite::client(
+    wss_from("127.0.0.1", port, config).unwrap_or_else(|(status, body)| {
+        panic!("the websocket upgrade was refused: {status} {body}")
+    })
+}
+
+/// A raw Tool Db peer over wss from `source`; Err: the upgrade was
+/// refused, with the HTTP status and body.
+fn wss_from(source: &str, port: u16, config: &Arc<ClientConfig>) -> Result<RawPeer, (u16, String)> {
+    let stream = tls_connect_from(source, port, config).expect("a TLS handshake");
+    match tungstenite::client(
         format!("wss://127.0.0.1:{port}"),
         MaybeTlsStream::Rustls(stream),
-    )
-    .expect("a websocket over TLS");
-    if let MaybeTlsStream::Rustls(s) = ws.get_ref() {
-        s.sock
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
+    ) {
+        Ok((ws, _)) => {
+            if let MaybeTlsStream::Rustls(s) = ws.get_ref() {
+                s.sock
+                    .set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+            }
+            Ok(RawPeer::on(ws, port))
+        }
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            Err((resp.status().as_u16(), body))
+        }
+        Err(e) => panic!("websocket over TLS from {source}: {e}"),
     }
-    RawPeer::on(ws, port)
 }
 
 /// Ping, put and get through `peer`.
@@ -292,6 +331,31 @@ fn unusable_files_at_reload_are_a_warning_and_the_old_certificate_stays() {
     wait_for("the new certificate", Duration::from_secs(15), || {
         (served_cert(node.port, &config)? == second.der).then_some(())
     });
+}
+
+#[test]
+fn per_address_admission_sees_each_tls_peer_address() {
+    let ca = Ca::new();
+    let config = ca.client_config();
+    let files = Files::new(&ca.leaf());
+    let node = start_tls_node_env(
+        &files,
+        &config,
+        &[
+            ("TOOLDB_LIMITS__LIMIT_LOOPBACK", "true"),
+            ("TOOLDB_LIMITS__MAX_CONNECTIONS_PER_IP", "2"),
+        ],
+    );
+    let _a = wss_from("127.0.0.2", node.port, &config).expect("first admitted");
+    let _b = wss_from("127.0.0.2", node.port, &config).expect("second admitted");
+    let Err((status, body)) = wss_from("127.0.0.2", node.port, &config) else {
+        panic!("a third websocket from one address was admitted");
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("max_connections_per_ip"), "{body}");
+    // Another address is another host: still admitted, and served.
+    let mut other = wss_from("127.0.0.3", node.port, &config).expect("another host admitted");
+    ping_put_get(&mut other, "other-host", json!(true));
 }
 
 /// Runs `serve` with `extra` flags, expecting it to fail: its stderr.

@@ -81,9 +81,14 @@ impl NodeProc {
     /// Starts a node with a fresh data dir and `extra` flags without
     /// waiting for its plain-HTTP `/health` (a TLS node has none).
     pub fn spawn(extra: &[&str]) -> NodeProc {
+        Self::spawn_env(extra, &[])
+    }
+
+    /// Like `spawn`, with environment variables.
+    pub fn spawn_env(extra: &[&str], env: &[(&str, &str)]) -> NodeProc {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
-        let mut n = Self::spawn_in_env(&dir, free_port(), extra, &[]);
+        let mut n = Self::spawn_in_env(&dir, free_port(), extra, env);
         n._tmp = Some(tmp);
         n
     }
