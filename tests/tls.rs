@@ -25,6 +25,7 @@ use tungstenite::stream::MaybeTlsStream;
 struct Ca {
     issuer: Issuer<'static, KeyPair>,
     der: CertificateDer<'static>,
+    pem: String,
 }
 
 /// A leaf certificate (PEM) and its key (PEM).
@@ -45,6 +46,7 @@ impl Ca {
         let cert = params.self_signed(&key).unwrap();
         Ca {
             der: cert.der().clone(),
+            pem: cert.pem(),
             issuer: Issuer::new(params, key),
         }
     }
@@ -59,6 +61,10 @@ impl Ca {
             key_pem: key.serialize_pem(),
             der: cert.der().to_vec(),
         }
+    }
+
+    fn pem(&self) -> &str {
+        &self.pem
     }
 
     /// A client configuration trusting this CA only.
@@ -356,6 +362,27 @@ fn per_address_admission_sees_each_tls_peer_address() {
     // Another address is another host: still admitted, and served.
     let mut other = wss_from("127.0.0.3", node.port, &config).expect("another host admitted");
     ping_put_get(&mut other, "other-host", json!(true));
+}
+
+/// The real npm `tool-db` client (tests/interop's harness) puts and reads
+/// back over wss, trusting the test CA through NODE_EXTRA_CA_CERTS.
+#[test]
+fn the_npm_tool_db_client_puts_and_gets_over_wss() {
+    let ca = Ca::new();
+    let config = ca.client_config();
+    let files = Files::new(&ca.leaf());
+    let ca_file = files.cert.with_file_name("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let node = start_tls_node(&files, &config);
+    let url = format!("wss://127.0.0.1:{}", node.port);
+    let r = common::scenario_env(
+        "put-get",
+        &["--server", &url],
+        &[("NODE_EXTRA_CA_CERTS", &path_str(&ca_file))],
+    );
+    assert_eq!(r["connected"], json!({"A": true, "B": true}), "{r}");
+    assert!(!r["put"].is_null(), "{r}");
+    assert_eq!(r["got"], r["put"], "{r}");
 }
 
 /// Runs `serve` with `extra` flags, expecting it to fail: its stderr.

@@ -444,6 +444,12 @@ pub fn ensure_harness() {
 
 /// Runs one harness scenario and returns its JSON line.
 pub fn scenario(name: &str, args: &[&str]) -> Value {
+    scenario_env(name, args, &[])
+}
+
+/// Like `scenario`, with environment variables for Node.js (e.g.
+/// `NODE_EXTRA_CA_CERTS`).
+pub fn scenario_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
     ensure_harness();
     let dir = interop_dir();
     let out = Command::new("node")
@@ -451,6 +457,7 @@ pub fn scenario(name: &str, args: &[&str]) -> Value {
         .arg(name)
         .args(args)
         .arg("--quiet")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .output()
         .expect("node runs");

@@ -18,6 +18,10 @@
 // ToolDb's "init" event, when the peer keys are final. (The official adapter
 // dials from its constructor, so a ping can be signed with a temporary key.)
 //
+// Second difference, for the TLS tests: a peer entry with `secure: true`
+// (what parseWsUrl gives for a wss:// URL) is dialed with wss:// on its own
+// port; the official adapter knows wss only as port 443.
+//
 // Harness hook (not a tool-db option): options.onFrame(dir, text, info) is called
 // for every frame sent ("out") or received ("in"), for logging.
 
@@ -69,7 +73,7 @@ class ToolDbWebsocketAdapter extends ToolDbNetworkAdapter {
 
     // Dial configured peers once the keys are final.
     db.once("init", () => {
-      (opts.peers || []).forEach((p) => this.connectTo(p.host, p.port));
+      (opts.peers || []).forEach((p) => this.connectTo(p.host, p.port, undefined, !!p.secure));
     });
   }
 
@@ -96,13 +100,14 @@ class ToolDbWebsocketAdapter extends ToolDbNetworkAdapter {
   }
 
   /** Dial a peer. Returns the WebSocket. */
-  connectTo(host, port, connectionId) {
+  connectTo(host, port, connectionId, secure = false) {
     if (this._closed) return undefined;
     const db = this.tooldb;
-    const url = Number(port) === 443 ? `wss://${host}` : `ws://${host}:${port}`;
+    const url =
+      Number(port) === 443 ? `wss://${host}` : secure ? `wss://${host}:${port}` : `ws://${host}:${port}`;
     const connId = connectionId || textRandom(10);
     if (!this._awaiting[connId]) {
-      this._awaiting[connId] = { host, port, tries: 0, defer: null };
+      this._awaiting[connId] = { host, port, secure, tries: 0, defer: null };
     }
     const info = { side: "client", url };
     db.logger("connectTo:", url);
@@ -149,7 +154,7 @@ class ToolDbWebsocketAdapter extends ToolDbNetworkAdapter {
     if (c.tries < this.tooldb.options.maxRetries) {
       c.defer = setTimeout(() => {
         c.tries += 1;
-        this.connectTo(c.host, c.port, connId);
+        this.connectTo(c.host, c.port, connId, c.secure);
       }, this.tooldb.options.wait);
     } else {
       delete this._awaiting[connId];

@@ -120,7 +120,7 @@ async function waitUntil(cond, ms) {
 
 function parseWsUrl(url) {
   const u = new URL(url);
-  if (u.protocol === "wss:") return { host: u.hostname, port: Number(u.port || 443) };
+  if (u.protocol === "wss:") return { host: u.hostname, port: Number(u.port || 443), secure: true };
   return { host: u.hostname, port: Number(u.port || 80) };
 }
 
