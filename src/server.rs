@@ -177,9 +177,8 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
     // Bad certificate files stop the start, before anything else is opened.
     let tls = match config.tls.files()? {
         Some(files) => {
-            let resolver = Arc::new(crate::tls::CertResolver::new(files.load()?));
-            let server_config = crate::tls::server_config(resolver.clone())?;
-            Some((files, resolver, server_config))
+            let (resolver, watcher) = crate::tls::load_watched(files)?;
+            Some((watcher, crate::tls::server_config(resolver)?))
         }
         None => None,
     };
@@ -342,12 +341,12 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
     // reader (its close reason included); actix's default of 1 s dropped it.
     .client_disconnect_timeout(Duration::from_secs(config.limits.write_timeout_secs));
     let server = match tls {
-        Some((files, resolver, server_config)) => {
+        Some((watcher, server_config)) => {
             let server = server
                 .listen_rustls_0_23(listener, server_config)
                 .map_err(StartError::Listen)?;
             // The watcher lives as long as the server's TLS configuration.
-            crate::tls::watch_files(files, &resolver).map_err(StartError::TlsWatcher)?;
+            watcher.start().map_err(StartError::TlsWatcher)?;
             server
         }
         None => server.listen(listener).map_err(StartError::Listen)?,

@@ -5,7 +5,7 @@
 //! The rustls `ServerConfig` asks a [`CertResolver`] for the certificate at
 //! each handshake (with or without SNI: there is one certificate). The
 //! resolver holds the current [`CertifiedKey`] behind a lock; a watcher
-//! thread ([`watch_files`]) polls the files' modification time and length
+//! thread ([`Watcher`]) polls the files' modification time and length
 //! every [`RELOAD_POLL`] and swaps in the new pair once both parse and the
 //! key matches the certificate. New handshakes then get the new
 //! certificate; open connections keep theirs. Bad files at start are an
@@ -266,15 +266,43 @@ impl Reloader {
     }
 }
 
-/// Starts the thread that reloads `files` into `resolver` when they
-/// change. It ends when the resolver is dropped (the server stopped).
-pub fn watch_files(files: CertFiles, resolver: &Arc<CertResolver>) -> std::io::Result<()> {
-    let weak: Weak<CertResolver> = Arc::downgrade(resolver);
-    let mut reloader = Reloader {
-        settled: stamp(&files),
-        pending: None,
+/// Keeps a resolver serving the current contents of its files; see
+/// [`Watcher::start`].
+#[derive(Debug)]
+pub struct Watcher {
+    files: CertFiles,
+    resolver: Weak<CertResolver>,
+    reloader: Reloader,
+}
+
+/// Loads `files` (an error if they are unusable) into a new resolver, and
+/// returns it with the watcher that will keep it current (not started).
+pub fn load_watched(files: CertFiles) -> Result<(Arc<CertResolver>, Watcher), TlsError> {
+    // Stamped before reading: a change during the read is loaded again.
+    let before = stamp(&files);
+    let resolver = Arc::new(CertResolver::new(files.load()?));
+    let watcher = Watcher {
+        files,
+        resolver: Arc::downgrade(&resolver),
+        reloader: Reloader {
+            settled: before,
+            pending: None,
+        },
     };
-    std::thread::Builder::new()
+    Ok((resolver, watcher))
+}
+
+impl Watcher {
+    /// Starts the thread that reloads the files into the resolver when
+    /// they change. It ends once the resolver is dropped (the server's
+    /// TLS configuration holds it while the server runs).
+    pub fn start(self) -> std::io::Result<()> {
+        let Watcher {
+            files,
+            resolver: weak,
+            mut reloader,
+        } = self;
+        std::thread::Builder::new()
         .name("tls-reload".into())
         .spawn(move || loop {
             std::thread::sleep(RELOAD_POLL);
@@ -294,6 +322,7 @@ pub fn watch_files(files: CertFiles, resolver: &Arc<CertResolver>) -> std::io::R
             }
         })
         .map(drop)
+    }
 }
 
 #[cfg(test)]
