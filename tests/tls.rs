@@ -223,12 +223,7 @@ fn wss_from(source: &str, port: u16, config: &Arc<ClientConfig>) -> Result<RawPe
             Ok(RawPeer::on(ws, port))
         }
         Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
-            let body = resp
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            Err((resp.status().as_u16(), body))
+            Err(common::refusal(&resp))
         }
         Err(e) => panic!("websocket over TLS from {source}: {e}"),
     }

@@ -60,11 +60,9 @@ impl NodeProc {
 
     /// Starts a node with a fresh data dir, `extra` flags and environment.
     pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> NodeProc {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        let mut n = Self::start_in_env(&dir, free_port(), extra, env);
-        n._tmp = Some(tmp);
-        n
+        let node = Self::spawn_env(extra, env);
+        node.wait_healthy();
+        node
     }
 
     /// Starts a node on `port` with data in `dir` (kept by the caller).
@@ -585,6 +583,16 @@ pub fn count_frames(p: &mut RawPeer, n: usize, pred: impl Fn(&Value) -> bool) ->
     seen
 }
 
+/// A refused websocket upgrade's HTTP status and body.
+pub fn refusal(resp: &tungstenite::http::Response<Option<Vec<u8>>>) -> (u16, String) {
+    let body = resp
+        .body()
+        .as_ref()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
+    (resp.status().as_u16(), body)
+}
+
 /// A websocket to the node from `source` (e.g. 127.0.0.2, another
 /// loopback address acting as a second host). Err: the upgrade was refused,
 /// with the HTTP status and body.
@@ -614,12 +622,7 @@ pub fn ws_from(
             Ok(ws)
         }
         Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
-            let body = resp
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            Err((resp.status().as_u16(), body))
+            Err(refusal(&resp))
         }
         Err(e) => panic!("websocket from {source}: {e}"),
     }

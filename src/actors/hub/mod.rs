@@ -383,7 +383,10 @@ impl Hub {
         }
     }
 
+    /// Counts a record refused before storage, and closes a connection
+    /// that sends too many.
     fn record_invalid(&mut self, conn: ConnId, err: &RecordError) {
+        self.metrics.put_rejected(err);
         let max = self.settings.limits.max_invalid_records;
         let Some(c) = self.conns.get_mut(conn) else {
             return;
@@ -537,7 +540,6 @@ impl Hub {
                 Step::Verify { seq, record } => self.verify(conn, seq, record, ctx),
                 Step::Store(batch) => self.store(conn, batch, ctx),
                 Step::Refuse { job, error } => {
-                    self.metrics.put_rejected(&error);
                     self.record_invalid(conn, &error);
                     if let Work::Put { id, .. } = &job.work {
                         self.answer_error(conn, "put", id, &error.to_string());
@@ -1262,7 +1264,6 @@ impl Hub {
                 if crdt { "crdtPut" } else { "put" },
                 data.crdt
             ));
-            self.metrics.put_rejected(&error);
             self.record_invalid(conn, &error);
             return;
         }
