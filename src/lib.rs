@@ -16,6 +16,8 @@ pub mod fuzzing;
 pub mod log_limit;
 pub mod messages;
 pub mod metrics;
+#[doc(hidden)]
+pub mod netns;
 pub mod peer;
 pub mod reconcile;
 pub mod record;

@@ -24,9 +24,7 @@
 //!
 //! Exits 1 on any violation, 2 when the harness itself cannot run.
 
-mod cleanup;
 mod client;
-mod net;
 mod schedule;
 
 use std::collections::{BTreeMap, HashMap};
@@ -50,8 +48,8 @@ use tooldb_node::crypto::{KeyScheme, NodeKey};
 use tooldb_node::record::{wins, RecordMeta};
 
 use client::{http_json, WireClient};
-use net::{Impairment, Topology};
 use schedule::{Fault, Kind};
+use tooldb_node::netns::{self as net, cleanup, Impairment, Topology};
 
 /// Added to the backoff cap and the dial timeout for the reconnect bound:
 /// a DHT lookup round, a handshake, our own polling interval.

@@ -1,4 +1,4 @@
-//! What must go when the harness stops, however it stops: the server
+//! What must go when the harness (or a test) stops, however it stops: the server
 //! processes it started (by pid) and the namespaces and links it made.
 //! `Drop` guards remove them on a normal end or a panic; the signal thread
 //! (SIGINT, SIGTERM) removes them and exits.
@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use crate::net::run_quiet;
+use super::run_quiet;
 
 #[derive(Default)]
 struct Leftovers {

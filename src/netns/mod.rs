@@ -1,4 +1,5 @@
-//! Separate hosts for the chaos harness: one network namespace per server
+//! Separate hosts on one machine, for the chaos harness and the LAN tests:
+//! one network namespace per server
 //! (and one for the DHT bootstrap node), each with a veth pair onto a bridge
 //! in the root namespace, addresses from 198.18.N.0/24 (RFC 2544 test
 //! range). The harness itself stays in the root namespace and reaches every
@@ -14,39 +15,71 @@
 //!   reading a random number (`ld rand`) that sends the chosen share of
 //!   packets to a class whose `pfifo limit 0` drops everything.
 //!
-//! Everything made here has a name starting with our prefix and our pid,
+//! Everything made here has a name starting with a prefix and our pid,
 //! is recorded in the global cleanup list, and is removed by `Drop`, by the
 //! SIGINT/SIGTERM handler, and (when left over by a killed harness) by the
 //! next run's `cleanup_stale`.
 
+pub mod cleanup;
+
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context as _};
-
-use crate::cleanup;
-
-/// Namespaces are named `tdbchaos-<pid>-<what>`.
+/// The chaos harness's namespaces are named `tdbchaos-<pid>-<what>`.
 pub const NS_PREFIX: &str = "tdbchaos-";
-/// Links are named `tdbc<pid><b|d|vN>` (15 bytes at most).
+/// The chaos harness's links are named `tdbc<pid><b|d|vN>` (15 bytes at most).
 pub const LINK_PREFIX: &str = "tdbc";
+/// Most nodes one topology holds.
+pub const MAX_NODES: usize = 200;
+
+/// Why a namespace could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed: {stderr}")]
+    Failed { command: String, stderr: String },
+    #[error("at most {MAX_NODES} nodes in namespace mode, not {0}")]
+    TooManyNodes(usize),
+    #[error("no free 198.18.N.0/24 subnet")]
+    NoFreeSubnet,
+}
+
+/// How the names of one topology start (see `NS_PREFIX`, `LINK_PREFIX`).
+#[derive(Debug, Clone, Copy)]
+pub struct Naming {
+    pub netns: &'static str,
+    /// At most 4 bytes: link names hold 15.
+    pub link: &'static str,
+}
+
+/// The chaos harness's names.
+pub const CHAOS: Naming = Naming {
+    netns: NS_PREFIX,
+    link: LINK_PREFIX,
+};
 /// Port every server listens on inside its namespace.
 pub const NS_SERVER_PORT: u16 = 9000;
 /// UDP port of the DHT bootstrap node inside its namespace.
 pub const NS_DHT_PORT: u16 = 6881;
 
 /// Runs a command; fails with its stderr.
-pub fn run(args: &[&str]) -> anyhow::Result<String> {
+pub fn run(args: &[&str]) -> Result<String, NetnsError> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .stdin(Stdio::null())
         .output()
-        .with_context(|| format!("cannot run {}", args[0]))?;
+        .map_err(|source| NetnsError::Spawn {
+            program: args[0].to_owned(),
+            source,
+        })?;
     if !out.status.success() {
-        bail!(
-            "`{}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        return Err(NetnsError::Failed {
+            command: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -151,6 +184,7 @@ pub struct Topology {
     pub subnet: u8,
     bridge: String,
     dht_ns: String,
+    dht_veth: String,
     node_ns: Vec<String>,
     node_veth: Vec<String>,
     /// Whether `tc qdisc netem` works in this kernel.
@@ -158,24 +192,29 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Builds the bridge, the DHT namespace and one namespace per node.
-    pub fn create(nodes: usize) -> anyhow::Result<Topology> {
-        if nodes > 200 {
-            bail!("at most 200 nodes in namespace mode");
+    /// Builds the bridge, the DHT namespace and one namespace per node,
+    /// with the chaos harness's names.
+    pub fn create(nodes: usize) -> Result<Topology, NetnsError> {
+        Topology::create_named(nodes, CHAOS)
+    }
+
+    /// Like `create`, with names starting as `naming` says. Whatever was
+    /// made is removed when the result (or the error) is dropped.
+    pub fn create_named(nodes: usize, naming: Naming) -> Result<Topology, NetnsError> {
+        if nodes > MAX_NODES {
+            return Err(NetnsError::TooManyNodes(nodes));
         }
         let pid = std::process::id();
+        let (ns, link) = (naming.netns, naming.link);
         let subnet = free_subnet()?;
-        let bridge = format!("{LINK_PREFIX}{pid}b");
+        let bridge = format!("{link}{pid}b");
         let mut topo = Topology {
             subnet,
             bridge: bridge.clone(),
-            dht_ns: format!("{NS_PREFIX}{pid}-dht"),
-            node_ns: (0..nodes)
-                .map(|i| format!("{NS_PREFIX}{pid}-n{i}"))
-                .collect(),
-            node_veth: (0..nodes)
-                .map(|i| format!("{LINK_PREFIX}{pid}v{i}"))
-                .collect(),
+            dht_ns: format!("{ns}{pid}-dht"),
+            dht_veth: format!("{link}{pid}d"),
+            node_ns: (0..nodes).map(|i| format!("{ns}{pid}-n{i}")).collect(),
+            node_veth: (0..nodes).map(|i| format!("{link}{pid}v{i}")).collect(),
             netem: false,
         };
         cleanup::add_link(&bridge);
@@ -189,8 +228,7 @@ impl Topology {
             "dev",
             &bridge,
         ])?;
-        let dht_veth = format!("{LINK_PREFIX}{pid}d");
-        topo.host(&topo.dht_ns.clone(), &dht_veth, &topo.dht_ip())?;
+        topo.host(&topo.dht_ns.clone(), &topo.dht_veth.clone(), &topo.dht_ip())?;
         for i in 0..nodes {
             topo.host(
                 &topo.node_ns[i].clone(),
@@ -202,7 +240,7 @@ impl Topology {
         Ok(topo)
     }
 
-    fn host(&self, ns: &str, veth: &str, ip: &str) -> anyhow::Result<()> {
+    fn host(&self, ns: &str, veth: &str, ip: &str) -> Result<(), NetnsError> {
         cleanup::add_netns(ns);
         cleanup::add_link(veth);
         run(&["ip", "netns", "add", ns])?;
@@ -256,8 +294,18 @@ impl Topology {
         &self.node_ns[i]
     }
 
+    /// Routes multicast (224.0.0.0/4, mDNS among it) out of every node's
+    /// eth0: a namespace has no default route, and without one the kernel
+    /// refuses to send to a multicast group.
+    pub fn route_multicast(&self) -> Result<(), NetnsError> {
+        for ns in &self.node_ns {
+            run(&["ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
+        }
+        Ok(())
+    }
+
     /// Cuts every node of `a` from every node of `b`, both ways.
-    pub fn partition(&self, a: &[usize], b: &[usize]) -> anyhow::Result<()> {
+    pub fn partition(&self, a: &[usize], b: &[usize]) -> Result<(), NetnsError> {
         for &i in a {
             for &j in b {
                 self.route(i, j, "add")?;
@@ -277,7 +325,7 @@ impl Topology {
         }
     }
 
-    fn route(&self, from: usize, to: usize, op: &str) -> anyhow::Result<()> {
+    fn route(&self, from: usize, to: usize, op: &str) -> Result<(), NetnsError> {
         run(&[
             "ip",
             "-n",
@@ -291,7 +339,7 @@ impl Topology {
     }
 
     /// Loss and delay on node `i`'s link, both directions.
-    pub fn impair(&self, i: usize, imp: Impairment) -> anyhow::Result<()> {
+    pub fn impair(&self, i: usize, imp: Impairment) -> Result<(), NetnsError> {
         let ns = self.node_ns[i].clone();
         let veth = self.node_veth[i].clone();
         self.impair_dev(Some(&ns), "eth0", imp)?;
@@ -315,8 +363,8 @@ impl Topology {
         run_quiet(&["tc", "qdisc", "del", "dev", &self.node_veth[i], "root"]);
     }
 
-    fn impair_dev(&self, ns: Option<&str>, dev: &str, imp: Impairment) -> anyhow::Result<()> {
-        let tc = |args: &[&str]| -> anyhow::Result<String> {
+    fn impair_dev(&self, ns: Option<&str>, dev: &str, imp: Impairment) -> Result<(), NetnsError> {
+        let tc = |args: &[&str]| -> Result<String, NetnsError> {
             let mut full: Vec<&str> = vec![];
             if let Some(ns) = ns {
                 full.extend(["ip", "netns", "exec", ns]);
@@ -383,7 +431,7 @@ impl Topology {
             run_quiet(&["ip", "netns", "del", ns]);
             cleanup::forget_netns(ns);
         }
-        for veth in &self.node_veth {
+        for veth in self.node_veth.iter().chain([&self.dht_veth]) {
             run_quiet(&["ip", "link", "del", veth]);
             cleanup::forget_link(veth);
         }
@@ -399,7 +447,7 @@ impl Drop for Topology {
 }
 
 /// A 198.18.N.0/24 no address in the root namespace uses.
-fn free_subnet() -> anyhow::Result<u8> {
+fn free_subnet() -> Result<u8, NetnsError> {
     let addrs = run(&["ip", "-4", "-o", "addr", "show"])?;
     let start = (std::process::id() % 250) as u8;
     for k in 0..250u16 {
@@ -408,5 +456,5 @@ fn free_subnet() -> anyhow::Result<u8> {
             return Ok(n);
         }
     }
-    bail!("no free 198.18.N.0/24 subnet")
+    Err(NetnsError::NoFreeSubnet)
 }
