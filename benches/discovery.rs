@@ -105,7 +105,8 @@ impl Server {
         let log_path = dir.with_extension("log");
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
-            .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["serve", "--no-lan", "--host", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
             .args(["--dht-port", "0", "--metrics-listen", "off"])
             .args(
                 bootstrap
@@ -138,6 +139,7 @@ fn timed_cli(args: &[String]) -> Option<(Duration, String)> {
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
         .args(args)
+        .arg("--no-lan")
         .stdin(Stdio::null())
         .output()
         .ok()?;

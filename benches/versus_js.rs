@@ -77,7 +77,12 @@ fn start_ours() -> (Proc, u16) {
     let child = Command::new("taskset")
         .args(["-c", "0"])
         .args(wrap.split_whitespace())
-        .args([env!("CARGO_BIN_EXE_tooldb-node"), "serve", "--no-dht"])
+        .args([
+            env!("CARGO_BIN_EXE_tooldb-node"),
+            "serve",
+            "--no-dht",
+            "--no-lan",
+        ])
         .args(["--metrics-listen", "off"])
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .arg("--data-dir")

@@ -177,6 +177,7 @@ pub fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         let child = Command::new(&exe)
             .args([
                 "serve",
+                "--no-lan",
                 "--host",
                 "127.0.0.1",
                 "--dht-port",

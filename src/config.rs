@@ -31,6 +31,9 @@ pub struct Config {
     pub no_dht: bool,
     /// UDP port of our DHT node; 0 = any free port.
     pub dht_port: u16,
+    /// LAN discovery: announce a hash of the topic on mDNS and dial the
+    /// servers of the topic announced on the local network.
+    pub lan: bool,
     /// Proof of work: leading zeros required in a record's hash (0 = off).
     pub pow: u32,
     /// The node's own key type: "secp256k1" or "p256".
@@ -207,6 +210,7 @@ impl Default for Config {
             dht_bootstrap: vec![],
             no_dht: false,
             dht_port: 0,
+            lan: true,
             pow: 0,
             key_scheme: KeyScheme::Secp256k1,
             metrics_listen: crate::metrics::DEFAULT_LISTEN.into(),

@@ -13,6 +13,8 @@ pub mod endpoint;
 pub mod flow;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod host;
+pub mod lan;
 pub mod log_limit;
 pub mod messages;
 pub mod metrics;

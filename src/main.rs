@@ -61,7 +61,8 @@ struct ClientArgs {
     #[arg(long, default_value = "tool-db-default")]
     topic: String,
     /// A DHT bootstrap node (HOST:PORT); repeatable. Without it and without
-    /// --peer, the public Mainline DHT is used.
+    /// --peer, the public Mainline DHT is used. Servers on the LAN are
+    /// found too, unless --no-lan.
     #[arg(long = "dht-bootstrap", value_name = "HOST:PORT")]
     dht_bootstrap: Vec<String>,
     /// A server (HOST:PORT); repeatable.
@@ -80,6 +81,9 @@ struct ClientArgs {
     /// Proof of work: leading zeros in record hashes.
     #[arg(long, default_value_t = 0)]
     pow: u32,
+    /// Do not look for servers on the LAN (mDNS).
+    #[arg(long)]
+    no_lan: bool,
 }
 
 fn parse_scheme(s: &str) -> Result<KeyScheme, String> {
@@ -142,6 +146,9 @@ struct ServeArgs {
     /// Do not use the DHT.
     #[arg(long)]
     no_dht: bool,
+    /// Do not find or announce servers on the LAN (mDNS).
+    #[arg(long)]
+    no_lan: bool,
     /// Proof of work: leading zeros required in record hashes.
     #[arg(long)]
     pow: Option<u32>,
@@ -185,6 +192,9 @@ impl ServeArgs {
         }
         if self.no_dht {
             c.no_dht = true;
+        }
+        if self.no_lan {
+            c.lan = false;
         }
         if let Some(v) = self.pow {
             c.pow = v;
@@ -293,6 +303,9 @@ where
         .request_timeout(timeout.min(DEFAULT_REQUEST_TIMEOUT));
     if let Some(path) = args.key_file {
         b = b.key_file(path);
+    }
+    if !args.no_lan {
+        b = b.lan();
     }
     if !args.dht_bootstrap.is_empty() {
         b = b.dht_bootstrap(args.dht_bootstrap);

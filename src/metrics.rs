@@ -192,6 +192,7 @@ label_enum! {
         Static => "static",
         Book => "peer_book",
         Dht => "dht",
+        Lan => "lan",
         Exchange => "pong",
         Inbound => "inbound",
     }
@@ -204,6 +205,7 @@ impl From<crate::registry::Source> for EndpointSource {
             Source::Static => EndpointSource::Static,
             Source::Book => EndpointSource::Book,
             Source::Dht => EndpointSource::Dht,
+            Source::Lan => EndpointSource::Lan,
             Source::Exchange => EndpointSource::Exchange,
             Source::Inbound => EndpointSource::Inbound,
         }

@@ -27,10 +27,20 @@ pub enum Source {
     Book,
     /// A DHT lookup: may be junk.
     Dht,
+    /// An mDNS announcement on the LAN: may be junk too.
+    Lan,
     /// A server's `pong` list (verified records).
     Exchange,
     /// The host:port in the record of a server that dialed us.
     Inbound,
+}
+
+impl Source {
+    /// Anyone may announce it (DHT, LAN): dialed again only when found
+    /// again, unless it proved to be a server.
+    pub fn may_be_junk(self) -> bool {
+        matches!(self, Source::Dht | Source::Lan)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -262,7 +272,7 @@ impl RegistryState {
             Some(e) => {
                 // A better source upgrades how hard we try it.
                 if matches!(source, Source::Static | Source::Book | Source::Exchange)
-                    && e.source == Source::Dht
+                    && e.source.may_be_junk()
                 {
                     e.source = source;
                 }
@@ -469,7 +479,7 @@ impl RegistryState {
             .filter(|(_, e)| {
                 e.state == EndpointState::Quarantined
                     && e.until.is_some_and(|u| u <= now)
-                    && (e.source != Source::Dht || e.address.is_some())
+                    && (!e.source.may_be_junk() || e.address.is_some())
             })
             .map(|(ep, _)| ep.clone())
             .collect();

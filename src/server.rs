@@ -16,6 +16,7 @@ use crate::actors::crypto::Crypto;
 use crate::actors::dht_channel::{DhtChannel, DhtSettings};
 use crate::actors::hub::RegistryLink;
 use crate::actors::hub::{Hub, HubSettings};
+use crate::actors::lan::{LanAnnounce, LanChannel, LanSettings};
 use crate::actors::peer_registry::{PeerRegistry, UseDht};
 use crate::actors::storage::Storage;
 use crate::actors::Services;
@@ -68,6 +69,8 @@ pub struct Node {
     pub storage: Addr<Storage>,
     /// Kept so the supervisor keeps the DHT channel running.
     pub dht: Option<Addr<DhtChannel>>,
+    /// Kept so the supervisor keeps the LAN channel running.
+    pub lan: Option<Addr<LanChannel>>,
     pub http: actix_web::dev::ServerHandle,
     server: Option<actix_web::dev::Server>,
     topic: String,
@@ -158,6 +161,27 @@ pub fn dht_settings(config: &Config) -> DhtSettings {
     }
 }
 
+/// The LAN settings a server uses: announce our port on the address we
+/// bind (every interface for a wildcard), but not when bound to loopback,
+/// where no other host could reach it (it still browses).
+pub fn lan_settings(config: &Config, node_id: &str, port: u16) -> LanSettings {
+    let bind: Option<std::net::IpAddr> = config.host.parse().ok();
+    let announce = match bind {
+        Some(ip) if ip.is_loopback() => None,
+        Some(std::net::IpAddr::V4(ip)) if !ip.is_unspecified() => Some(Some(ip)),
+        Some(std::net::IpAddr::V6(ip)) if !ip.is_unspecified() => None,
+        _ => Some(None),
+    };
+    LanSettings {
+        topic: config.topic.clone(),
+        announce: announce.map(|ip| LanAnnounce {
+            port,
+            node_id: node_id.to_owned(),
+            ip,
+        }),
+    }
+}
+
 pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> {
     let config = Arc::new(config);
     // First, so a taken metrics port fails before anything starts. The
@@ -212,7 +236,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
     }
 
     let port = listener.local_addr().map_err(StartError::Listen)?.port();
-    let host = config.advertised_host();
+    let host = record_host_now(&config);
     let self_peer = Peer::sign(&key, &config.topic, &host, port, now_ms());
     let settings = HubSettings {
         topic: config.topic.clone(),
@@ -285,11 +309,18 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
             port: Some(port),
         });
         registry.do_send(UseDht(dht.clone()));
-        if config.public_host.is_empty() && host == "127.0.0.1" && config.host != "127.0.0.1" {
-            watch_public_host(dht.clone(), hub.clone());
+        if crate::host::follows_dht(&config.public_host, &config.host) {
+            watch_public_host(dht.clone(), hub.clone(), host.clone());
         }
         Some(dht)
     };
+
+    let lan = config.lan.then(|| {
+        LanChannel::supervised(
+            lan_settings(&config, key.client_id(), port),
+            registry.clone().recipient(),
+        )
+    });
 
     crate::log_limit::configure(config.limits.remote_log_lines_per_sec);
     let open_files = raise_open_file_limit();
@@ -381,6 +412,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         registry,
         storage,
         dht,
+        lan,
         http: server.handle(),
         server: Some(server),
         topic: config.topic.clone(),
@@ -426,22 +458,44 @@ pub fn raise_open_file_limit() -> u64 {
     lim.rlim_cur
 }
 
+/// How often the DHT is asked for our public address (a local call).
+const PUBLIC_HOST_POLL: Duration = Duration::from_secs(2);
+
+/// The host our record carries at start (see `host::record_host`): with
+/// nothing configured, our interface address toward the DHT bootstrap
+/// nodes or the LAN until the DHT reports our public address.
+fn record_host_now(config: &Config) -> String {
+    if !crate::host::follows_dht(&config.public_host, &config.host) {
+        return crate::host::record_host(&config.public_host, &config.host, None, None);
+    }
+    // Literal addresses only: no DNS lookup (it may block) before serving.
+    let targets: Vec<std::net::SocketAddrV4> = if config.no_dht {
+        vec![]
+    } else {
+        config
+            .dht_bootstrap
+            .iter()
+            .filter_map(|b| b.parse().ok())
+            .collect()
+    };
+    let local = crate::host::local_ipv4_toward(&targets);
+    crate::host::record_host(&config.public_host, &config.host, None, local)
+}
+
 /// Puts the public IP the DHT reports into our signed record, when no
-/// host was configured.
-fn watch_public_host(dht: Addr<DhtChannel>, hub: Addr<Hub>) {
+/// host was configured. Ends with the DHT channel.
+fn watch_public_host(dht: Addr<DhtChannel>, hub: Addr<Hub>, mut host: String) {
     actix_rt::spawn(async move {
-        let mut every = actix_rt::time::interval(Duration::from_secs(10));
+        let mut every = actix_rt::time::interval(PUBLIC_HOST_POLL);
         loop {
             every.tick().await;
-            match dht.send(GetDhtStatus).await {
-                Ok(status) => {
-                    if let Some(ip) = status.public_ip() {
-                        hub.do_send(SetPublicHost {
-                            host: ip.to_string(),
-                        });
-                    }
-                }
-                Err(_) => return,
+            let Ok(status) = dht.send(GetDhtStatus).await else {
+                return;
+            };
+            let chosen = crate::host::record_host("", "0.0.0.0", status.public_ip(), None);
+            if status.public_ip().is_some() && chosen != host {
+                host = chosen;
+                hub.do_send(SetPublicHost { host: host.clone() });
             }
         }
     });

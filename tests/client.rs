@@ -456,9 +456,11 @@ async fn clients_find_servers_on_the_dht() {
 
 // ---------------------------------------------------------------- the CLI
 
+/// Runs a client command (`args` starts with it) without LAN discovery.
 fn cli(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
         .args(args)
+        .arg("--no-lan")
         .output()
         .expect("the binary runs")
 }
@@ -558,6 +560,7 @@ impl Watcher {
     fn start(args: &[&str]) -> Watcher {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
             .args(args)
+            .arg("--no-lan")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -56,6 +56,7 @@ pub fn start(sync: bool) -> (Server, u16, tempfile::TempDir) {
             "--no-dht",
             "--metrics-listen",
             "off",
+            "--no-lan",
             "--host",
             "127.0.0.1",
             "--port",

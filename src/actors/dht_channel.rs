@@ -53,8 +53,8 @@ use crate::dht::{
     REACHABILITY_POLL, RETRY_INITIAL, RETRY_MAX,
 };
 use crate::messages::dht::{
-    DhtStatus, EndpointsFound, GetDhtStatus, JoinTopic, LeaveTopic, LookupNow, SetSearching,
-    TopicStatus,
+    DhtStatus, EndpointsFound, FoundVia, GetDhtStatus, JoinTopic, LeaveTopic, LookupNow,
+    SetSearching, TopicStatus,
 };
 use crate::metrics::{AnnounceResult, LookupResult, Metrics};
 
@@ -512,6 +512,7 @@ impl DhtChannel {
                 let msg = EndpointsFound {
                     topic: topic.clone(),
                     endpoints,
+                    via: FoundVia::Dht,
                 };
                 if let Err(e) = found.send(msg).await {
                     tracing::debug!(topic = %topic, error = %e, "nobody took the endpoints found");

@@ -5,6 +5,7 @@ pub mod client_session;
 pub mod crypto;
 pub mod dht_channel;
 pub mod hub;
+pub mod lan;
 pub mod peer_connection;
 pub mod peer_registry;
 pub mod storage;

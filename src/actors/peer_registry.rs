@@ -24,7 +24,7 @@ use crate::actors::storage::Storage;
 use crate::actors::Services;
 use crate::endpoint::Endpoint;
 use crate::messages::connection::CloseConnection;
-use crate::messages::dht::{EndpointsFound, LookupNow, SetSearching};
+use crate::messages::dht::{EndpointsFound, FoundVia, LookupNow, SetSearching};
 use crate::messages::hub::DropConnection;
 use crate::messages::registry::*;
 use crate::messages::storage::{LoadPeers, SavePeer};
@@ -200,12 +200,12 @@ impl Handler<EndpointsFound> for PeerRegistry {
             return;
         }
         let now = Instant::now();
+        let source = match msg.via {
+            FoundVia::Dht => Source::Dht,
+            FoundVia::Lan => Source::Lan,
+        };
         for ep in msg.endpoints {
-            let actions = self.found(
-                Endpoint::new(ep.ip().to_string(), ep.port()),
-                Source::Dht,
-                now,
-            );
+            let actions = self.found(Endpoint::new(ep.ip().to_string(), ep.port()), source, now);
             self.apply(actions, ctx);
         }
     }

@@ -19,11 +19,13 @@ use crate::messages::hub::ConnId;
 pub const MAX_KNOWN_ENDPOINTS: usize = 256;
 
 /// Where an endpoint was learned; static ones are preferred, then DHT
-/// results, then servers listed by other servers.
+/// results, LAN announcements, then servers listed by other servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Source {
     Static,
     Dht,
+    /// An mDNS announcement on the LAN.
+    Lan,
     Listed,
 }
 

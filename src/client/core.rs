@@ -28,6 +28,7 @@ use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::dht_channel::DhtChannel;
+use crate::actors::lan::LanChannel;
 use crate::client::book::{Backoff, Endpoint, Identified, ServerBook, Source};
 use crate::client::connection::ServerConnection;
 use crate::client::messages::{
@@ -36,7 +37,7 @@ use crate::client::messages::{
     WaitConnected,
 };
 use crate::crypto::NodeKey;
-use crate::messages::dht::{EndpointsFound, SetSearching};
+use crate::messages::dht::{EndpointsFound, FoundVia, SetSearching};
 use crate::messages::hub::{next_conn_id, ConnId};
 use crate::messages::wire::{new_message_id, FunctionCall, KeyRequest, PutData, WireMessage};
 use crate::peer::Peer;
@@ -98,6 +99,8 @@ pub struct ClientCore {
     bad: Vec<BadServer>,
     /// Kept so the DHT channel's supervisor keeps it running.
     dht: Option<Addr<DhtChannel>>,
+    /// Kept so the LAN channel's supervisor keeps it running.
+    lan: Option<Addr<LanChannel>>,
     stopping: bool,
 }
 
@@ -125,6 +128,7 @@ impl ClientCore {
             waiters: Vec::new(),
             bad: Vec::new(),
             dht: None,
+            lan: None,
             stopping: false,
         }
     }
@@ -132,6 +136,12 @@ impl ClientCore {
     /// Keeps `dht` alive for as long as the core runs.
     pub fn with_dht(mut self, dht: Addr<DhtChannel>) -> Self {
         self.dht = Some(dht);
+        self
+    }
+
+    /// Keeps `lan` alive for as long as the core runs.
+    pub fn with_lan(mut self, lan: Addr<LanChannel>) -> Self {
+        self.lan = Some(lan);
         self
     }
 
@@ -510,12 +520,15 @@ impl Handler<EndpointsFound> for ClientCore {
         if msg.topic != self.settings.topic {
             return;
         }
+        let source = match msg.via {
+            FoundVia::Dht => Source::Dht,
+            FoundVia::Lan => Source::Lan,
+        };
         for ep in msg.endpoints {
-            if self.book.add(
-                Endpoint::new(ep.ip().to_string(), ep.port()),
-                Source::Dht,
-                None,
-            ) {
+            if self
+                .book
+                .add(Endpoint::new(ep.ip().to_string(), ep.port()), source, None)
+            {
                 tracing::debug!(endpoint = %ep, "found a server endpoint");
             }
         }

@@ -25,7 +25,8 @@
 //!
 //! Servers are found from static `peers`, from each server's `pong`
 //! (its verified `servers` list), from a passive DHT lookup when
-//! `dht_bootstrap`/`public_dht` is set, and from any other source through
+//! `dht_bootstrap`/`public_dht` is set, from mDNS announcements on the LAN
+//! when `lan` is set, and from any other source through
 //! `Client::endpoints_recipient` (batches of `EndpointsFound`).
 //!
 //! Must run inside an actix system (`actix::System`, `#[actix::test]`).
@@ -47,6 +48,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::dht_channel::{DhtChannel, DhtSettings};
+use crate::actors::lan::{LanChannel, LanSettings};
 use crate::crdt;
 use crate::crypto::{KeyScheme, NodeKey, NodeKeyError};
 use crate::messages::dht::{EndpointsFound, JoinTopic};
@@ -119,6 +121,7 @@ pub struct ClientBuilder {
     topic: String,
     peers: Vec<String>,
     dht: Option<Vec<String>>,
+    lan: bool,
     identity: Identity,
     scheme: KeyScheme,
     connections: usize,
@@ -134,6 +137,7 @@ impl Default for ClientBuilder {
             topic: crate::config::Config::default().topic,
             peers: vec![],
             dht: None,
+            lan: false,
             identity: Identity::Generate,
             scheme: KeyScheme::default(),
             connections: DEFAULT_CONNECTIONS,
@@ -166,6 +170,13 @@ impl ClientBuilder {
         self.dht
             .get_or_insert_with(Vec::new)
             .extend(nodes.into_iter().map(Into::into));
+        self
+    }
+
+    /// Also find the servers of the topic announced on the LAN (mDNS,
+    /// `LanChannel`); off unless asked.
+    pub fn lan(mut self) -> Self {
+        self.lan = true;
         self
     }
 
@@ -243,13 +254,20 @@ impl ClientBuilder {
         };
         let topic = self.topic.clone();
         let dht = self.dht.clone();
+        let lan = self.lan.then(|| LanSettings {
+            topic: self.topic.clone(),
+            announce: None,
+        });
         // A fresh peer identity per instance, as Tool Db's clients have:
         // the user's key signs records only. Sharing it made two clients
         // of one key one `clientId`, and a server skips the ids in a put's
         // `to` list when pushing, so a `watch` missed the other's writes.
         let peer_key = Arc::new(NodeKey::generate(KeyScheme::default()));
         let core = ClientCore::create(move |ctx| {
-            let core = ClientCore::new(settings, peer_key, endpoints);
+            let mut core = ClientCore::new(settings, peer_key, endpoints);
+            if let Some(lan) = lan {
+                core = core.with_lan(LanChannel::supervised(lan, ctx.address().recipient()));
+            }
             match dht {
                 Some(bootstrap) => {
                     let ch = DhtChannel::supervised(

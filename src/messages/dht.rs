@@ -48,14 +48,24 @@ pub struct SetSearching {
 #[rtype(result = "DhtStatus")]
 pub struct GetDhtStatus;
 
-/// Endpoints (`IP:port`) the DHT returned for a topic, each once per
-/// lookup. Unfiltered: they may include ourselves, stale or junk entries;
-/// the receiver (the peer registry) decides what to dial.
+/// Endpoints (`IP:port`) a discovery source found for a topic: the DHT
+/// (each once per lookup) or the LAN (`LanChannel`). Unfiltered: they may
+/// include ourselves, stale or junk entries; the receiver (the peer
+/// registry, the client core) decides what to dial and verifies it.
 #[derive(Message, Debug, Clone, PartialEq, Eq)]
 #[rtype(result = "()")]
 pub struct EndpointsFound {
     pub topic: String,
     pub endpoints: Vec<SocketAddrV4>,
+    pub via: FoundVia,
+}
+
+/// Which discovery source found endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FoundVia {
+    Dht,
+    /// An mDNS announcement on the local network.
+    Lan,
 }
 
 /// Reply to `GetDhtStatus`.

@@ -108,7 +108,9 @@ impl NodeProc {
             &["--metrics-listen", "off"]
         };
         let child = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
-            .args(["serve", "--host", "127.0.0.1", "--port"])
+            // LAN discovery off: tests on one host would find each other's
+            // servers of the same topic (tests/lan.rs tests it in namespaces).
+            .args(["serve", "--no-lan", "--host", "127.0.0.1", "--port"])
             .arg(port.to_string())
             .args(dht)
             .args(metrics)

@@ -272,7 +272,8 @@ impl Server {
             .append(true)
             .open(&self.log)?;
         let child = cmd
-            .args(["serve", "--host", &self.addr.ip().to_string()])
+            // LAN discovery off: the faults act on the DHT and peer links.
+            .args(["serve", "--no-lan", "--host", &self.addr.ip().to_string()])
             .args(["--port", &self.addr.port().to_string(), "--topic", topic])
             // Many servers on one machine: no metrics port for any.
             .args(["--metrics-listen", "off"])
