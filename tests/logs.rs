@@ -27,7 +27,7 @@ fn a_piped_stderr_gets_no_colour_codes() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
-        .args(["serve", "--no-dht", "--metrics-listen", "off"])
+        .args(["serve", "--no-dht", "--no-lan", "--metrics-listen", "off"])
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .arg("--data-dir")
         .arg(dir.path())
@@ -96,7 +96,7 @@ fn log_format_can_come_from_the_configuration() {
 fn a_fatal_error_is_a_json_line_too() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
-        .args(["serve", "--no-dht", "--log-format", "json"])
+        .args(["serve", "--no-dht", "--no-lan", "--log-format", "json"])
         .args(["--metrics-listen", "nonsense", "--data-dir"])
         .arg(dir.path())
         .stdin(Stdio::null())

@@ -212,7 +212,14 @@ fn openmetrics_is_served_to_a_scraper_that_asks() {
 fn serve_fails(listen: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
-        .args(["serve", "--no-dht", "--host", "127.0.0.1", "--port"])
+        .args([
+            "serve",
+            "--no-dht",
+            "--no-lan",
+            "--host",
+            "127.0.0.1",
+            "--port",
+        ])
         .arg(free_port().to_string())
         .args(["--metrics-listen", listen, "--data-dir"])
         .arg(dir.path())

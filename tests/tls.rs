@@ -390,6 +390,7 @@ fn serve_fails(extra: &[String]) -> String {
             "--host",
             "127.0.0.1",
             "--no-dht",
+            "--no-lan",
             "--metrics-listen",
             "off",
         ])
