@@ -25,5 +25,6 @@ pub mod reconcile;
 pub mod record;
 pub mod registry;
 pub mod server;
+pub mod status;
 pub mod tls;
 pub mod transport;

@@ -347,12 +347,22 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         services: services.clone(),
         registry: registry.clone(),
         admission,
+        dht: dht.clone(),
     };
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(web_services.clone()))
             .route("/health", web::get().to(health))
             .route("/peers", web::get().to(peers_route))
+            .route("/status.json", web::get().to(status_route))
+            .route(
+                "/status.js",
+                web::get().to(|| async { crate::status::script(crate::status::STATUS_JS) }),
+            )
+            .route(
+                "/favicon.ico",
+                web::get().to(|| async { crate::status::favicon() }),
+            )
             .route(
                 "/",
                 web::get().to(move |req, stream| ws_route(req, stream, max_frame)),
@@ -506,6 +516,7 @@ struct WebState {
     services: Services,
     registry: Addr<PeerRegistry>,
     admission: crate::admission::Admission,
+    dht: Option<Addr<DhtChannel>>,
 }
 
 async fn ws_route(
@@ -524,9 +535,8 @@ async fn ws_route(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if !is_upgrade {
-        return Ok(HttpResponse::UpgradeRequired()
-            .insert_header(("content-type", "text/plain"))
-            .body("tooldb-node: Tool Db peers connect here with a websocket; see /health and /peers\n"));
+        // A browser (or curl) gets the status page; peers upgrade.
+        return Ok(crate::status::index());
     }
     let peer_addr = req.peer_addr();
     let remote = peer_addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
@@ -601,6 +611,38 @@ async fn peers_route(state: web::Data<WebState>) -> HttpResponse {
                 "servers": view.servers,
                 "endpoints": view.endpoints,
                 "connected": snap.connected,
+            })),
+        (Err(e), _) | (_, Err(e)) => {
+            HttpResponse::ServiceUnavailable().json(serde_json::json!({ "error": e.to_string() }))
+        }
+    }
+}
+
+/// Everything the status page shows: identity, DHT, known servers,
+/// connected clients and the node's counters.
+async fn status_route(state: web::Data<WebState>) -> HttpResponse {
+    let services = &state.services;
+    let hub = services.hub.send(GetPeers);
+    let registry = state.registry.send(GetRegistryView);
+    let dht = match &state.dht {
+        Some(d) => d.send(GetDhtStatus).await.ok(),
+        None => None,
+    };
+    match (hub.await, registry.await) {
+        (Ok(snap), Ok(view)) => HttpResponse::Ok()
+            .insert_header(("cache-control", "no-store"))
+            .json(serde_json::json!({
+                "address": snap.self_peer.address,
+                "clientId": &*services.client_id,
+                "topic": services.config.topic,
+                "self": snap.self_peer,
+                "now": now_ms(),
+                "dht_enabled": state.dht.is_some(),
+                "dht": crate::status::dht_json(dht.as_ref()),
+                "servers": view.servers,
+                "endpoints": view.endpoints,
+                "connected": snap.connected,
+                "metrics": crate::status::metrics_json(&services.metrics),
             })),
         (Err(e), _) | (_, Err(e)) => {
             HttpResponse::ServiceUnavailable().json(serde_json::json!({ "error": e.to_string() }))
