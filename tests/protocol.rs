@@ -335,8 +335,9 @@ fn health_and_peers_over_http() {
     wait_for("the client in /peers", Duration::from_secs(5), || {
         (node.peers()["connected"].as_array().unwrap().len() == 1).then_some(())
     });
-    let (status, _) = http_get(node.port, "/").unwrap();
-    assert_eq!(status, 426, "plain HTTP on / asks for a websocket upgrade");
+    let (status, body) = http_get(node.port, "/").unwrap();
+    assert_eq!(status, 200, "plain HTTP on / is the status page");
+    assert!(body.contains("tooldb-node status"), "{body}");
 }
 
 #[test]
