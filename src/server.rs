@@ -360,6 +360,14 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
                 web::get().to(|| async { crate::status::script(crate::status::STATUS_JS) }),
             )
             .route(
+                "/panel.js",
+                web::get().to(|| async { crate::status::script(crate::status::PANEL_JS) }),
+            )
+            .route(
+                "/tool-db.js",
+                web::get().to(|| async { crate::status::script(crate::status::TOOL_DB_JS) }),
+            )
+            .route(
                 "/favicon.ico",
                 web::get().to(|| async { crate::status::favicon() }),
             )

@@ -12,6 +12,9 @@ use crate::metrics::{Counters, LabelEnum, Metrics};
 pub const INDEX_HTML: &str = include_str!("status/index.html");
 pub const FAVICON_SVG: &str = include_str!("status/favicon.svg");
 pub const STATUS_JS: &str = include_str!("status/status.js");
+pub const PANEL_JS: &str = include_str!("status/panel.js");
+/// tool-db's own browser bundle (about 490 kB), vendored unchanged.
+pub const TOOL_DB_JS: &str = include_str!("status/tool-db.js");
 
 pub fn script(body: &'static str) -> HttpResponse {
     HttpResponse::Ok()
