@@ -3,6 +3,8 @@
 // against this node, with a WebCrypto P-256 user (as @tool-db/ecdsa-user
 // signs), an in-memory store and a browser WebSocket network adapter.
 (function () {
+  // Records signed with secp256k1 (Web3 users, our CLI's default) do not
+  // verify here, as with @tool-db/ecdsa-user: the panel is a P-256 client.
   var T = window.tooldb;
   var $ = function (id) { return document.getElementById(id); };
   var out = function (line) { $("out").textContent = line + "\n" + $("out").textContent; };

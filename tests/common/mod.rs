@@ -421,14 +421,19 @@ pub fn ensure_harness() {
     let mut done = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = interop_dir();
     // Every package checked, so a node_modules from an older lock is redone.
-    let installed = ["tool-db", "discovery-channel", "bittorrent-dht"]
-        .iter()
-        .all(|p| {
-            dir.join("node_modules")
-                .join(p)
-                .join("package.json")
-                .exists()
-        });
+    let installed = [
+        "tool-db",
+        "discovery-channel",
+        "bittorrent-dht",
+        "playwright-core",
+    ]
+    .iter()
+    .all(|p| {
+        dir.join("node_modules")
+            .join(p)
+            .join("package.json")
+            .exists()
+    });
     if *done || installed {
         *done = true;
         return;
