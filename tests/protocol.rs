@@ -473,3 +473,63 @@ fn configuration_precedence() {
     );
     assert_eq!(node.health()["topic"], "from-flag");
 }
+
+/// A server that dials us and keeps that link (its address is the
+/// smaller) closes our dial back, the proof of its claim, right after its
+/// pong, as it resolves the duplicate. The pong still proves it: the node
+/// lists it as a connected server. (Seen in CI: the dial back stopped at
+/// the close while the pong was still being verified, and the node served
+/// the other server as a client for good.)
+#[test]
+fn a_dial_back_closed_right_after_its_pong_still_proves_the_server() {
+    let node = NodeProc::start(&[]);
+    // proved_server_with waits until the node lists the peer as connected.
+    let (_peer, pong) = RawPeer::proved_server_with(&node, Value::Null, true);
+    assert_eq!(pong["type"], "pong");
+    assert!(
+        node.log()
+            .contains("an inbound server link is verified by our dial"),
+        "{}",
+        node.log()
+    );
+}
+
+/// A server that closes each of our dials after reading its ping gets
+/// `give_up_after` (3) dials before the node hands the endpoint back. The
+/// old run's writer used to stop the next dial as soon as it started, so
+/// each close counted twice and the node gave up after 2.
+#[test]
+fn each_closed_dial_counts_one_failure() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let pings = Arc::new(AtomicUsize::new(0));
+    let seen = pings.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten().take(20) {
+            let Ok(mut ws) = tungstenite::accept(stream) else {
+                continue;
+            };
+            if let Ok(tungstenite::Message::Text(t)) = ws.read() {
+                if t.contains("\"ping\"") {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            let _ = ws.close(None);
+            let _ = ws.flush();
+        }
+    });
+    let node = NodeProc::start(&["--peer", &format!("127.0.0.1:{port}")]);
+    wait_for(
+        "the node to give the endpoint up",
+        Duration::from_secs(20),
+        || {
+            node.log()
+                .contains("giving this endpoint back to the registry")
+                .then_some(())
+        },
+    );
+    // The next dial waits out the quarantine (5 s), so this is the count.
+    assert_eq!(pings.load(Ordering::SeqCst), 3, "{}", node.log());
+}

@@ -43,10 +43,12 @@ enum State {
     GaveUp,
 }
 
-/// The writer task ended (the socket is gone or stalled).
+/// The writer task of run `conn` ended (the socket is gone or stalled).
+/// It can arrive after that run's supervisor restart: a later run ignores
+/// it (it stopped the next dial at once, counting a failure twice).
 #[derive(Message)]
 #[rtype(result = "()")]
-struct WriterEnded(WriterEnd);
+struct WriterEnded(ConnId, WriterEnd);
 
 pub struct PeerConnection {
     target: Endpoint,
@@ -64,6 +66,15 @@ pub struct PeerConnection {
     socket_up: bool,
     /// Why this run's socket ends, once known.
     cause: Option<CloseCause>,
+    /// The pong is being verified.
+    verifying: bool,
+    /// The socket ended while the pong was being verified: stop once that
+    /// is done. The server may answer our ping and close at once (it keeps
+    /// another link to us, as duplicates are resolved); its signed pong
+    /// still proves its record, which makes its inbound link to us a server
+    /// link. Stopping at the close dropped that proof, and the two nodes
+    /// stayed one-sided (seen in CI: one listed the other only as a client).
+    ended: bool,
 }
 
 impl PeerConnection {
@@ -82,6 +93,8 @@ impl PeerConnection {
             state: State::Idle,
             failures: 0,
             early: VecDeque::new(),
+            verifying: false,
+            ended: false,
             socket_up: false,
             cause: None,
         }
@@ -105,9 +118,9 @@ impl PeerConnection {
                 .map(|res, act, ctx| match res {
                     Ok((sink, stream)) => {
                         act.socket_up = true;
-                        let me = ctx.address();
+                        let (me, conn) = (ctx.address(), act.conn);
                         flow::spawn_writer(act.outbox.clone(), sink, move |end| {
-                            me.do_send(WriterEnded(end))
+                            me.do_send(WriterEnded(conn, end))
                         });
                         ctx.add_stream(Gated::new(
                             stream,
@@ -216,10 +229,12 @@ impl PeerConnection {
             .take(1)
             .chain(others.into_iter().take(cap))
             .collect();
+        self.verifying = true;
         ctx.spawn(
             async move { crypto.send(VerifyServers { servers, topic }).await }
                 .into_actor(self)
                 .map(move |res, act, ctx| {
+                    act.verifying = false;
                     let servers = res.unwrap_or_default();
                     let Some(own) = servers.iter().find(|p| p.client_id() == claimed).cloned() else {
                         tracing::warn!(peer = %act.target, client = %claimed, "closing: pong has no verifiable record of its sender");
@@ -247,8 +262,20 @@ impl PeerConnection {
                     for (msg, credit) in std::mem::take(&mut act.early) {
                         act.services.hub.do_send(FrameReceived { conn: act.conn, msg, credit });
                     }
+                    if act.ended {
+                        ctx.stop();
+                    }
                 }),
         );
+    }
+
+    /// The socket ended: stop, unless the pong is still being verified.
+    fn socket_ended(&mut self, ctx: &mut Context<Self>) {
+        if self.verifying {
+            self.ended = true;
+        } else {
+            ctx.stop();
+        }
     }
 
     fn on_text(&mut self, text: &str, credit: Credit, ctx: &mut Context<Self>) {
@@ -322,6 +349,8 @@ impl Supervised for PeerConnection {
             return;
         }
         // A connection that was up redials soon; a failing one backs off more.
+        // `failures` counts failed runs in a row: after `give_up_after` of
+        // them (not one more) the endpoint goes back to the registry.
         self.failures = if self.state == State::Identified {
             1
         } else {
@@ -329,12 +358,14 @@ impl Supervised for PeerConnection {
         };
         self.outbox = Self::new_outbox(&self.services);
         self.early.clear();
+        self.verifying = false;
+        self.ended = false;
         self.socket_up = false;
         self.cause = None;
         self.conn = next_conn_id();
         self.state = State::Idle;
         let limit = self.services.config.peering.give_up_after;
-        if self.registry.is_some() && limit > 0 && self.failures > limit {
+        if self.registry.is_some() && limit > 0 && self.failures >= limit {
             tracing::info!(peer = %self.target, failures = limit, "giving this endpoint back to the registry");
             self.give_up(GaveUpReason::DialsFailed(limit));
         }
@@ -348,7 +379,7 @@ impl StreamHandler<(WsItem, Credit)> for PeerConnection {
             Incoming::Ping(b) => self.outbox.push_pong(b),
             Incoming::Close(reason) => {
                 tracing::info!(peer = %self.target, reason = ?reason, "server closed the connection");
-                ctx.stop();
+                self.socket_ended(ctx);
             }
             Incoming::Ignored(what) => {
                 tracing::debug!(peer = %self.target, "ignored {what}");
@@ -356,20 +387,23 @@ impl StreamHandler<(WsItem, Credit)> for PeerConnection {
             Incoming::Error(e) => {
                 self.cause.get_or_insert(CloseCause::SocketError);
                 tracing::info!(peer = %self.target, error = %e, "connection error");
-                ctx.stop();
+                self.socket_ended(ctx);
             }
         }
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
-        ctx.stop();
+        self.socket_ended(ctx);
     }
 }
 
 impl Handler<WriterEnded> for PeerConnection {
     type Result = ();
     fn handle(&mut self, msg: WriterEnded, ctx: &mut Self::Context) {
-        if msg.0 == WriterEnd::Stalled {
+        if msg.0 != self.conn {
+            return;
+        }
+        if msg.1 == WriterEnd::Stalled {
             self.cause.get_or_insert(CloseCause::WriteStalled);
             let secs = self.services.config.limits.write_timeout_secs;
             tracing::warn!(peer = %self.target, secs, "closing: writes made no progress (server frozen)");

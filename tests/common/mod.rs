@@ -485,6 +485,13 @@ impl RawPeer {
     /// rather than its own dial. `ext` goes into the ping. Returns the
     /// peer, once the node lists it as a connected server, and the pong.
     pub fn proved_server(node: &NodeProc, ext: Value) -> (RawPeer, Value) {
+        Self::proved_server_with(node, ext, false)
+    }
+
+    /// Like `proved_server`; with `close_dials`, the listener closes each
+    /// of the node's dials right after its pong, in the same write, as a
+    /// server that keeps another link to the node does.
+    pub fn proved_server_with(node: &NodeProc, ext: Value, close_dials: bool) -> (RawPeer, Value) {
         let node_address = node.peers()["self"]["address"]
             .as_str()
             .expect("the node's address")
@@ -518,7 +525,17 @@ impl RawPeer {
                         if m["type"] == "ping" {
                             let pong = json!({"type":"pong","id":m["id"],"to":[me],"clientId":me,
                                               "isServer":true,"servers":[record]});
-                            if ws.send(Message::text(pong.to_string())).is_err() {
+                            if close_dials {
+                                // One write for both frames, so the close
+                                // comes while the node verifies the pong.
+                                let _ = ws.write(Message::text(pong.to_string()));
+                                let frame = tungstenite::protocol::CloseFrame {
+                                    code: tungstenite::protocol::frame::coding::CloseCode::Policy,
+                                    reason: "duplicate connection: keeping the other link".into(),
+                                };
+                                let _ = ws.close(Some(frame));
+                                let _ = ws.flush();
+                            } else if ws.send(Message::text(pong.to_string())).is_err() {
                                 return;
                             }
                         }
