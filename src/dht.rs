@@ -178,9 +178,14 @@ pub enum AnnounceDecision {
     Skip,
 }
 
-/// Announce only a node the DHT reports reachable. While the DHT has been
-/// up for less than `grace`, an unreachable answer may just not be
-/// confirmed yet, so we wait rather than give up.
+/// Announce a node the DHT reports reachable; skip one it reports
+/// firewalled. While the DHT has been up for less than `grace`, either
+/// answer may not be settled yet, so we wait. A node whose public address
+/// no DHT node has reported after `grace` is on a DHT whose nodes do not
+/// send BEP 42's `ip` (JS `bittorrent-dht`, so a private DHT built for
+/// npm `discovery-channel`): nothing says it is unreachable, so it
+/// announces. At worst a peer dials an endpoint that does not answer and
+/// quarantines it; skipping made such a node unfindable for good.
 pub fn announce_decision(
     reachability: Reachability,
     up_for: Duration,
@@ -189,7 +194,8 @@ pub fn announce_decision(
     match reachability {
         Reachability::Reachable => AnnounceDecision::Announce,
         _ if up_for < grace => AnnounceDecision::WaitForReachability,
-        _ => AnnounceDecision::Skip,
+        Reachability::Unknown => AnnounceDecision::Announce,
+        Reachability::Firewalled => AnnounceDecision::Skip,
     }
 }
 
@@ -365,7 +371,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_reachable_node_announces_and_an_undecided_one_waits() {
+    fn a_firewalled_node_skips_and_an_undecided_one_waits_then_announces() {
         let g = Duration::from_secs(30);
         let early = Duration::from_secs(1);
         let late = Duration::from_secs(31);
@@ -375,7 +381,8 @@ mod tests {
         assert_eq!(announce_decision(Reachable, late, g), Announce);
         assert_eq!(announce_decision(Unknown, early, g), WaitForReachability);
         assert_eq!(announce_decision(Firewalled, early, g), WaitForReachability);
-        assert_eq!(announce_decision(Unknown, late, g), Skip);
+        // No node ever reported our address (a JS-only private DHT).
+        assert_eq!(announce_decision(Unknown, late, g), Announce);
         assert_eq!(announce_decision(Firewalled, late, g), Skip);
     }
 
