@@ -32,12 +32,28 @@ use tokio::sync::watch;
 /// hide another process using the directory.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
-/// Opens the sled database at `path`, waiting (polling, up to `LOCK_WAIT`)
-/// while its lock is held, as it briefly is after a drop in this process.
+/// sled's page cache when the caller does not say (the config's default).
+pub const DEFAULT_CACHE_BYTES: u64 = 16 << 20;
+
+/// Opens the sled database at `path` with the default cache size.
 pub fn open_database(path: &std::path::Path) -> sled::Result<sled::Db> {
+    open_database_with_cache(path, DEFAULT_CACHE_BYTES)
+}
+
+/// Opens the sled database at `path` with a page cache of `cache_bytes`,
+/// waiting (polling, up to `LOCK_WAIT`) while its lock is held, as it
+/// briefly is after a drop in this process.
+pub fn open_database_with_cache(
+    path: &std::path::Path,
+    cache_bytes: u64,
+) -> sled::Result<sled::Db> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
-        match sled::open(path) {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()
+        {
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>

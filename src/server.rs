@@ -216,10 +216,14 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         config.key_scheme,
     )?);
     let db_path = data_dir.join(DB_DIR);
-    let db = crate::durability::open_database(&db_path).map_err(|source| StartError::Db {
-        path: db_path.display().to_string(),
-        source,
-    })?;
+    let cache_bytes = config.storage.cache_mib.saturating_mul(1 << 20);
+    let db =
+        crate::durability::open_database_with_cache(&db_path, cache_bytes).map_err(|source| {
+            StartError::Db {
+                path: db_path.display().to_string(),
+                source,
+            }
+        })?;
     let metrics_db = db.clone();
     let storage_state = Storage::new(db, config.storage.sync_writes)?
         .with_max_record_bytes(config.limits.max_record_bytes);
