@@ -413,9 +413,17 @@ async fn an_unreachable_bootstrap_is_retried_until_it_comes_up() {
         "recovered and found the server {:?} after the bootstrap node came up",
         recovered_from.elapsed()
     );
+    // Lookups start before the routing table's bootstrap ends (issue 11),
+    // so the server can be found before the channel reports bootstrapped.
+    wait_until("the channel to report bootstrapped, failures reset", || {
+        let ch = ch.clone();
+        async move {
+            let s = status(&ch).await;
+            s.bootstrapped && s.failures == 0
+        }
+    })
+    .await;
     let s = status(&ch).await;
-    assert!(s.bootstrapped);
-    assert_eq!(s.failures, 0, "reset after a successful bootstrap");
     assert!(s.last_error.is_some(), "the last error stays visible");
     wait_until("the recovered channel to announce", || {
         let ch = ch.clone();
