@@ -15,7 +15,7 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
 
 mod common;
-use common::{connect, start, Ws};
+use common::{connect, connect_as_server, start, Ws};
 
 const KEYS: usize = 1000;
 const WRITERS: usize = 4;
@@ -80,8 +80,65 @@ fn subscriber(
     })
 }
 
+/// Reads the node's relays to a server, on the link it keeps (either the
+/// server's inbound link `ws` or a dial back, fed into `rx`); returns
+/// put → relay latencies in ms (from the writer's send time on `clock`).
+fn relay_listener(
+    (mut ws, rx): (Ws, std::sync::mpsc::Receiver<(String, Instant)>),
+    expect: usize,
+    clock: Instant,
+    sent_at: Arc<Vec<AtomicUsize>>,
+) -> std::thread::JoinHandle<Vec<f64>> {
+    let (tx, merged) = std::sync::mpsc::channel();
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for m in rx {
+                if tx.send(m).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    std::thread::spawn(move || loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                if tx.send((t.to_string(), Instant::now())).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    });
+    std::thread::spawn(move || {
+        let mut lat = vec![];
+        while lat.len() < expect {
+            let Ok((t, at)) = merged.recv_timeout(Duration::from_secs(5)) else {
+                break;
+            };
+            let Ok(v) = serde_json::from_str::<Value>(&t) else {
+                continue;
+            };
+            if v["type"] == "put" {
+                if let Some(seq) = v["data"]["v"]["seq"].as_u64() {
+                    let sent = sent_at[seq as usize].load(Ordering::Relaxed) as f64;
+                    let now = at.duration_since(clock).as_micros() as f64;
+                    lat.push((now - sent) / 1000.0);
+                }
+            }
+        }
+        lat
+    })
+}
+
 fn run(sync: bool, rate: Option<u64>) {
     let (_server, port, _dir) = start(sync);
+    // Paced runs also measure put → relay on a server link.
+    let relay_link = rate.map(|_| connect_as_server(port));
     let total = WRITERS * PUTS_PER_WRITER;
     let total = if rate.is_some() { 2500 } else { total };
     // Pre-sign everything so signing is not measured; every put of a key is newer.
@@ -115,6 +172,7 @@ fn run(sync: bool, rate: Option<u64>) {
     let sent_at: Arc<Vec<AtomicUsize>> =
         Arc::new((0..total).map(|_| AtomicUsize::new(0)).collect());
     let sub = subscriber(port, total, clock, sent_at.clone());
+    let relays = relay_link.map(|link| relay_listener(link, total, clock, sent_at.clone()));
     let started = Instant::now();
     let handles: Vec<_> = writers
         .into_iter()
@@ -140,13 +198,16 @@ fn run(sync: bool, rate: Option<u64>) {
         .collect();
     let _keep: Vec<Ws> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let (received, mut lat, last) = sub.join().unwrap();
+    let mut relay_lat = relays.map(|h| h.join().unwrap()).unwrap_or_default();
+    relay_lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let secs = last.duration_since(started).as_secs_f64();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| {
+    let pct_of = |lat: &[f64], p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
             .copied()
             .unwrap_or(f64::NAN)
     };
+    let pct = |p: f64| pct_of(&lat, p);
     println!(
         "sync_writes={sync:<5} rate={:<8} puts={total:<6} accepted={received:<6} {:>8.0} accepted puts/s   put→push ms p50 {:.2} p99 {:.2}",
         rate.map_or("max".to_string(), |r| format!("{r}/s")),
@@ -154,6 +215,15 @@ fn run(sync: bool, rate: Option<u64>) {
         pct(0.5),
         pct(0.99)
     );
+    if !relay_lat.is_empty() {
+        println!(
+            "{:>45} relays={:<6} put→relay ms p50 {:.2} p99 {:.2}",
+            "",
+            relay_lat.len(),
+            pct_of(&relay_lat, 0.5),
+            pct_of(&relay_lat, 0.99)
+        );
+    }
 }
 
 fn main() {

@@ -97,3 +97,112 @@ pub fn pin_self_to(core: usize) {
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
+
+/// Connects as a server the node trusts (as tests/common's `proved_server`
+/// does): a listener answers the node's dial back with this key's signed
+/// record, and the key sorts below the node's address so the node keeps
+/// this inbound link. Returns the link once the node lists it connected,
+/// and a channel of every other frame the node sends this server (with
+/// its arrival time) on its dials back: the node relays on whichever of
+/// its links to this server it keeps.
+pub fn connect_as_server(port: u16) -> (Ws, std::sync::mpsc::Receiver<(String, Instant)>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    use serde_json::Value;
+    let health: Value = {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        use std::io::{Read, Write};
+        write!(
+            s,
+            "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    };
+    let node_address = health["address"].as_str().unwrap().to_owned();
+    let key = (0..1000)
+        .map(|_| NodeKey::generate(KeyScheme::Secp256k1))
+        .find(|k| k.address() < node_address.as_str())
+        .expect("a key sorting below the node's");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let lport = listener.local_addr().unwrap().port();
+    let me = key.client_id().to_owned();
+    let t0 = now_ms();
+    let records: Vec<Value> = (1..=8)
+        .map(|i| {
+            serde_json::to_value(Peer::sign(
+                &key,
+                "tool-db-default",
+                "127.0.0.1",
+                lport,
+                t0 + i,
+            ))
+            .unwrap()
+        })
+        .collect();
+    {
+        let me = me.clone();
+        std::thread::spawn(move || {
+            for (stream, record) in listener.incoming().flatten().zip(records) {
+                let me = me.clone();
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let Ok(mut ws) = tungstenite::accept(stream) else {
+                        return;
+                    };
+                    while let Ok(msg) = ws.read() {
+                        let Message::Text(text) = msg else { continue };
+                        let Ok(m) = serde_json::from_str::<Value>(&text) else {
+                            continue;
+                        };
+                        if m["type"] == "ping" {
+                            let pong = json!({"type":"pong","id":m["id"],"to":[me],"clientId":me,
+                                              "isServer":true,"servers":[record]});
+                            if ws.send(Message::text(pong.to_string())).is_err() {
+                                return;
+                            }
+                        } else if tx.send((text.to_string(), Instant::now())).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let (mut ws, _) = tungstenite::connect(format!("ws://127.0.0.1:{port}")).unwrap();
+    let peer = Peer::sign(&key, "tool-db-default", "127.0.0.1", lport, t0 + 100);
+    ws.send(Message::text(
+        json!({"type":"ping","id":tooldb_node::messages::wire::new_message_id(),"to":[me],
+               "clientId":me,"isServer":true,"peer":peer})
+        .to_string(),
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the node never proved the bench's server"
+        );
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        use std::io::{Read, Write};
+        write!(
+            s,
+            "GET /peers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        let peers: Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap_or("null"))
+            .unwrap_or_default();
+        let proved = peers["servers"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["clientId"] == me.as_str() && s["state"] == "connected")
+        });
+        if proved {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (ws, rx)
+}
