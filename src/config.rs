@@ -46,6 +46,37 @@ pub struct Config {
     pub peering: Peering,
     pub storage: StorageConfig,
     pub tls: TlsConfig,
+    pub trackers: TrackersConfig,
+}
+
+/// WebTorrent tracker discovery, as Tool Db's hybrid network adapter does
+/// it (see `src/tracker.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackersConfig {
+    /// Websocket trackers (`ws://` or `wss://`) to announce on; empty = off.
+    pub urls: Vec<String>,
+    /// The name browsers find this server by (`findServer(name)`); empty
+    /// = the node's address.
+    pub server_name: String,
+    /// How often each tracker is announced on, s (the adapter's 30).
+    pub announce_every_secs: u64,
+    /// First delay before a lost tracker is dialed again, ms.
+    pub retry_initial_ms: u64,
+    /// Cap of that growing delay, ms.
+    pub retry_max_ms: u64,
+}
+
+impl Default for TrackersConfig {
+    fn default() -> Self {
+        TrackersConfig {
+            urls: vec![],
+            server_name: String::new(),
+            announce_every_secs: 30,
+            retry_initial_ms: 1_000,
+            retry_max_ms: 120_000,
+        }
+    }
 }
 
 /// How log lines are written to stderr.
@@ -222,6 +253,7 @@ impl Default for Config {
             peering: Peering::default(),
             storage: StorageConfig::default(),
             tls: TlsConfig::default(),
+            trackers: TrackersConfig::default(),
         }
     }
 }

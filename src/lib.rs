@@ -27,4 +27,5 @@ pub mod registry;
 pub mod server;
 pub mod status;
 pub mod tls;
+pub mod tracker;
 pub mod transport;

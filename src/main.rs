@@ -84,6 +84,14 @@ struct ClientArgs {
     /// Do not look for servers on the LAN (mDNS).
     #[arg(long)]
     no_lan: bool,
+    /// A WebTorrent websocket tracker (ws:// or wss://) to find servers
+    /// on, by topic (and by --server-name); repeatable. With it and no
+    /// --dht-bootstrap, the public DHT is not searched.
+    #[arg(long = "tracker", value_name = "URL")]
+    trackers: Vec<String>,
+    /// Also find the server announced under this name on the trackers.
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
 }
 
 fn parse_scheme(s: &str) -> Result<KeyScheme, String> {
@@ -164,6 +172,15 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE")]
     tls_key: Option<PathBuf>,
+    /// Announce on this WebTorrent websocket tracker (ws:// or wss://), as
+    /// Tool Db's hybrid adapter does, by server name and by topic;
+    /// repeatable.
+    #[arg(long = "tracker", value_name = "URL")]
+    trackers: Vec<String>,
+    /// The name browsers find this server by on the trackers (default:
+    /// the node's address).
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
 }
 
 impl ServeArgs {
@@ -208,6 +225,13 @@ impl ServeArgs {
         if let Some(v) = &self.tls_key {
             c.tls.key_file = v.clone();
         }
+        if !self.trackers.is_empty() {
+            c.trackers.urls = self.trackers.clone();
+        }
+        if let Some(v) = &self.server_name {
+            c.trackers.server_name = v.clone();
+        }
+        tooldb_node::server::tracker_urls(&c.trackers.urls)?;
         // Checked here too, so the error names the flags before anything starts.
         c.tls.files()?;
         Ok(c)
@@ -307,9 +331,15 @@ where
     if !args.no_lan {
         b = b.lan();
     }
+    if !args.trackers.is_empty() {
+        b = b.trackers(args.trackers.iter().cloned());
+    }
+    if let Some(name) = args.server_name {
+        b = b.server_name(name);
+    }
     if !args.dht_bootstrap.is_empty() {
         b = b.dht_bootstrap(args.dht_bootstrap);
-    } else if args.peers.is_empty() {
+    } else if args.peers.is_empty() && args.trackers.is_empty() {
         b = b.public_dht();
     }
     actix::System::new().block_on(async move {

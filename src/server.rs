@@ -19,6 +19,7 @@ use crate::actors::hub::{Hub, HubSettings};
 use crate::actors::lan::{LanAnnounce, LanChannel, LanSettings};
 use crate::actors::peer_registry::{PeerRegistry, UseDht};
 use crate::actors::storage::Storage;
+use crate::actors::tracker_channel::{OfferSource, TrackerChannel, TrackerSettings};
 use crate::actors::Services;
 use crate::config::Config;
 use crate::crypto::NodeKey;
@@ -57,6 +58,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot start the TLS certificate watcher: {0}")]
     TlsWatcher(std::io::Error),
+    #[error("bad --tracker: {0}")]
+    BadTracker(#[from] crate::tracker::TrackerError),
 }
 
 /// A running node.
@@ -71,6 +74,8 @@ pub struct Node {
     pub dht: Option<Addr<DhtChannel>>,
     /// Kept so the supervisor keeps the LAN channel running.
     pub lan: Option<Addr<LanChannel>>,
+    /// One per tracker, kept so their supervisors keep them running.
+    pub trackers: Vec<Addr<TrackerChannel>>,
     pub http: actix_web::dev::ServerHandle,
     server: Option<actix_web::dev::Server>,
     topic: String,
@@ -182,8 +187,67 @@ pub fn lan_settings(config: &Config, node_id: &str, port: u16) -> LanSettings {
     }
 }
 
+/// The tracker URLs to use, checked, each once (one socket per tracker).
+pub fn tracker_urls(urls: &[String]) -> Result<Vec<String>, crate::tracker::TrackerError> {
+    let mut out: Vec<String> = Vec::new();
+    for u in urls {
+        let u = u.trim();
+        crate::tracker::check_url(u)?;
+        if !out.iter().any(|o| o == u) {
+            out.push(u.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Starts a supervised `TrackerChannel` per tracker, announcing this
+/// server by name and by topic with its record as the offer.
+fn start_trackers(
+    config: &Config,
+    urls: Vec<String>,
+    key: &Arc<NodeKey>,
+    hub: &Addr<Hub>,
+) -> Vec<Addr<TrackerChannel>> {
+    use crate::tracker::{default_server_name, info_hash, peer_id_of, topic_server_name};
+    let t = &config.trackers;
+    if urls.is_empty() {
+        return vec![];
+    }
+    let name = if t.server_name.is_empty() {
+        default_server_name(key.address())
+    } else {
+        t.server_name.clone()
+    };
+    let topic_name = topic_server_name(&config.topic);
+    let hashes = vec![info_hash(&name), info_hash(&topic_name)];
+    let ssl = !config.tls.cert_file.as_os_str().is_empty();
+    tracing::info!(
+        trackers = urls.len(),
+        server_name = %name,
+        topic_name = %topic_name,
+        ssl,
+        "announcing on WebTorrent trackers"
+    );
+    urls.into_iter()
+        .map(|url| {
+            let mut s = TrackerSettings::new(url, hashes.clone(), peer_id_of(key.client_id()));
+            s.announce_every = Duration::from_secs(t.announce_every_secs.max(1));
+            s.retry_initial = Duration::from_millis(t.retry_initial_ms.max(1));
+            s.retry_max = Duration::from_millis(t.retry_max_ms.max(t.retry_initial_ms));
+            s.offer = Some(OfferSource {
+                name: name.clone(),
+                ssl,
+                self_peer: hub.clone().recipient(),
+                key: key.clone(),
+            });
+            TrackerChannel::supervised(s, None)
+        })
+        .collect()
+}
+
 pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> {
     let config = Arc::new(config);
+    let tracker_urls = tracker_urls(&config.trackers.urls)?;
     // First, so a taken metrics port fails before anything starts. The
     // default port taken (a second node on one machine) is not worth
     // refusing to serve: that node runs without metrics and says so.
@@ -326,6 +390,8 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         )
     });
 
+    let trackers = start_trackers(&config, tracker_urls, &key, &hub);
+
     crate::log_limit::configure(config.limits.remote_log_lines_per_sec);
     let open_files = raise_open_file_limit();
     let mut admission_limits = crate::admission::AdmissionLimits::from(&config.limits);
@@ -435,6 +501,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         storage,
         dht,
         lan,
+        trackers,
         http: server.handle(),
         server: Some(server),
         topic: config.topic.clone(),

@@ -9,6 +9,7 @@ pub mod lan;
 pub mod peer_connection;
 pub mod peer_registry;
 pub mod storage;
+pub mod tracker_channel;
 
 use std::sync::Arc;
 

@@ -26,6 +26,8 @@ pub enum Source {
     Dht,
     /// An mDNS announcement on the LAN.
     Lan,
+    /// An offer forwarded by a WebTorrent tracker.
+    Tracker,
     Listed,
 }
 

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::dht_channel::DhtChannel;
 use crate::actors::lan::LanChannel;
+use crate::actors::tracker_channel::TrackerChannel;
 use crate::client::book::{Backoff, Endpoint, Identified, ServerBook, Source};
 use crate::client::connection::ServerConnection;
 use crate::client::messages::{
@@ -39,6 +40,7 @@ use crate::client::messages::{
 use crate::crypto::NodeKey;
 use crate::messages::dht::{EndpointsFound, FoundVia, SetSearching};
 use crate::messages::hub::{next_conn_id, ConnId};
+use crate::messages::tracker::ServersOffered;
 use crate::messages::wire::{new_message_id, FunctionCall, KeyRequest, PutData, WireMessage};
 use crate::peer::Peer;
 use crate::record::{now_ms, wins, Record, RecordError};
@@ -101,6 +103,8 @@ pub struct ClientCore {
     dht: Option<Addr<DhtChannel>>,
     /// Kept so the LAN channel's supervisor keeps it running.
     lan: Option<Addr<LanChannel>>,
+    /// Kept so the tracker channels' supervisors keep them running.
+    trackers: Vec<Addr<TrackerChannel>>,
     stopping: bool,
 }
 
@@ -129,6 +133,7 @@ impl ClientCore {
             bad: Vec::new(),
             dht: None,
             lan: None,
+            trackers: Vec::new(),
             stopping: false,
         }
     }
@@ -142,6 +147,12 @@ impl ClientCore {
     /// Keeps `lan` alive for as long as the core runs.
     pub fn with_lan(mut self, lan: Addr<LanChannel>) -> Self {
         self.lan = Some(lan);
+        self
+    }
+
+    /// Keeps a tracker channel alive for as long as the core runs.
+    pub fn with_tracker(mut self, tracker: Addr<TrackerChannel>) -> Self {
+        self.trackers.push(tracker);
         self
     }
 
@@ -530,6 +541,18 @@ impl Handler<EndpointsFound> for ClientCore {
                 .add(Endpoint::new(ep.ip().to_string(), ep.port()), source, None)
             {
                 tracing::debug!(endpoint = %ep, "found a server endpoint");
+            }
+        }
+        self.fill(ctx);
+    }
+}
+
+impl Handler<ServersOffered> for ClientCore {
+    type Result = ();
+    fn handle(&mut self, msg: ServersOffered, ctx: &mut Self::Context) {
+        for ep in msg.endpoints {
+            if self.book.add(ep.clone(), Source::Tracker, None) {
+                tracing::debug!(endpoint = %ep, tracker = %msg.tracker, "a tracker offered a server");
             }
         }
         self.fill(ctx);

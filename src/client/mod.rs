@@ -49,6 +49,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::dht_channel::{DhtChannel, DhtSettings};
 use crate::actors::lan::{LanChannel, LanSettings};
+use crate::actors::tracker_channel::{TrackerChannel, TrackerSettings};
 use crate::crdt;
 use crate::crypto::{KeyScheme, NodeKey, NodeKeyError};
 use crate::messages::dht::{EndpointsFound, JoinTopic};
@@ -93,6 +94,8 @@ pub enum ClientError {
     #[error("bad server address {0:?}: expected HOST:PORT")]
     BadPeer(String),
     #[error(transparent)]
+    BadTracker(#[from] crate::tracker::TrackerError),
+    #[error(transparent)]
     Key(#[from] NodeKeyError),
     #[error("key {key:?} cannot be written by this identity: {source}")]
     InvalidKey { key: String, source: RecordError },
@@ -122,6 +125,8 @@ pub struct ClientBuilder {
     peers: Vec<String>,
     dht: Option<Vec<String>>,
     lan: bool,
+    trackers: Vec<String>,
+    server_name: Option<String>,
     identity: Identity,
     scheme: KeyScheme,
     connections: usize,
@@ -138,6 +143,8 @@ impl Default for ClientBuilder {
             peers: vec![],
             dht: None,
             lan: false,
+            trackers: vec![],
+            server_name: None,
             identity: Identity::Generate,
             scheme: KeyScheme::default(),
             connections: DEFAULT_CONNECTIONS,
@@ -177,6 +184,22 @@ impl ClientBuilder {
     /// `LanChannel`); off unless asked.
     pub fn lan(mut self) -> Self {
         self.lan = true;
+        self
+    }
+
+    /// Find servers on these WebTorrent websocket trackers (`ws://` or
+    /// `wss://`) as Tool Db's hybrid adapter's `findServer` does: under the
+    /// topic's name (`tracker::topic_server_name`), and under
+    /// `server_name` if set. Offered servers are dialed and verified like
+    /// any endpoint.
+    pub fn trackers<I: IntoIterator<Item = S>, S: Into<String>>(mut self, urls: I) -> Self {
+        self.trackers.extend(urls.into_iter().map(Into::into));
+        self
+    }
+
+    /// On the trackers, also look for the server announced under `name`.
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
         self
     }
 
@@ -254,6 +277,13 @@ impl ClientBuilder {
         };
         let topic = self.topic.clone();
         let dht = self.dht.clone();
+        let tracker_urls = crate::server::tracker_urls(&self.trackers)?;
+        let mut hashes = vec![crate::tracker::info_hash(
+            &crate::tracker::topic_server_name(&self.topic),
+        )];
+        if let Some(name) = &self.server_name {
+            hashes.push(crate::tracker::info_hash(name));
+        }
         let lan = self.lan.then(|| LanSettings {
             topic: self.topic.clone(),
             announce: None,
@@ -263,8 +293,16 @@ impl ClientBuilder {
         // of one key one `clientId`, and a server skips the ids in a put's
         // `to` list when pushing, so a `watch` missed the other's writes.
         let peer_key = Arc::new(NodeKey::generate(KeyScheme::default()));
+        let peer_id = crate::tracker::peer_id_of(peer_key.client_id());
         let core = ClientCore::create(move |ctx| {
             let mut core = ClientCore::new(settings, peer_key, endpoints);
+            for url in tracker_urls {
+                let s = TrackerSettings::new(url, hashes.clone(), peer_id.clone());
+                core = core.with_tracker(TrackerChannel::supervised(
+                    s,
+                    Some(ctx.address().recipient()),
+                ));
+            }
             if let Some(lan) = lan {
                 core = core.with_lan(LanChannel::supervised(lan, ctx.address().recipient()));
             }

@@ -6,4 +6,5 @@ pub mod dht;
 pub mod hub;
 pub mod registry;
 pub mod storage;
+pub mod tracker;
 pub mod wire;

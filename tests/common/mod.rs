@@ -426,6 +426,7 @@ pub fn ensure_harness() {
         "discovery-channel",
         "bittorrent-dht",
         "playwright-core",
+        "bittorrent-tracker",
     ]
     .iter()
     .all(|p| {
