@@ -60,11 +60,17 @@ impl Drop for Tracker {
 
 /// Runs `node trackers.js CMD ARGS...` and returns its JSON line.
 fn harness(cmd: &str, args: &[&str]) -> Value {
+    harness_env(cmd, args, &[])
+}
+
+/// `harness` with environment variables for Node.js.
+fn harness_env(cmd: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
     ensure_harness();
     let out = Command::new("node")
         .arg(interop_dir().join("trackers.js"))
         .arg(cmd)
         .args(args)
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .output()
         .expect("node runs");
@@ -136,6 +142,74 @@ fn a_finder_joining_as_find_server_does_reaches_the_node_with_a_ping_and_a_put_g
         "peer_id as the adapter's: {r}"
     );
     assert_eq!(r["got"]["v"], "by name", "{r}");
+}
+
+/// A TLS node says `ssl: true`. The adapter then dials `wss://` + host
+/// (port 443 implied), so a node whose TLS port is not 443 names it in
+/// `host`: the finder dials `wss://127.0.0.1:PORT` and is served.
+#[test]
+fn a_tls_node_is_offered_as_wss_with_its_port_in_host() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Not rcgen's default name, which the leaf has: Node.js would take the
+    // leaf for self-signed.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tracker test CA");
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = (
+        dir.path().join("chain.pem"),
+        dir.path().join("key.pem"),
+        dir.path().join("ca.pem"),
+    );
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    std::fs::write(&ca, ca_pem).unwrap();
+
+    let tracker = Tracker::start();
+    let node = NodeProc::spawn_env(
+        &[
+            "--tracker",
+            &tracker.url,
+            "--server-name",
+            "tls-server",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &FAST,
+    );
+    let r = harness_env(
+        "find-raw",
+        &[
+            "--tracker",
+            &tracker.url,
+            "--name",
+            "tls-server",
+            "--key",
+            "over-wss",
+            "--value",
+            "tls",
+        ],
+        &[("NODE_EXTRA_CA_CERTS", ca.to_str().unwrap())],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["server"]["ssl"], true, "{r}");
+    let host = format!("127.0.0.1:{}", node.port);
+    assert_eq!(r["server"]["host"], host.as_str(), "{r}");
+    assert_eq!(r["url"], format!("wss://{host}"), "{r}");
+    assert_eq!(r["signatureOk"], true, "{r}");
+    assert_eq!(r["got"]["v"], "tls", "{r}");
 }
 
 #[test]

@@ -26,7 +26,8 @@
 //! Servers are found from static `peers`, from each server's `pong`
 //! (its verified `servers` list), from a passive DHT lookup when
 //! `dht_bootstrap`/`public_dht` is set, from mDNS announcements on the LAN
-//! when `lan` is set, and from any other source through
+//! when `lan` is set, from WebTorrent trackers' offers when `trackers` is
+//! set (by topic, and by `server_name`), and from any other source through
 //! `Client::endpoints_recipient` (batches of `EndpointsFound`).
 //!
 //! Must run inside an actix system (`actix::System`, `#[actix::test]`).
