@@ -187,6 +187,24 @@ label_enum! {
 }
 
 label_enum! {
+    /// What happened on WebTorrent tracker sockets (`TrackerChannel`).
+    pub enum TrackerEvent("event") {
+        /// A tracker socket opened.
+        Connected => "connected",
+        /// A dial failed or a socket ended; a redial follows the backoff.
+        Failed => "failed",
+        /// An announce sent (one per info hash and interval).
+        Announced => "announced",
+        /// The tracker answered an announce of ours.
+        Answered => "answered",
+        /// The tracker refused something ("failure reason").
+        Refused => "refused",
+        /// An offer a server was passed and ignored.
+        OfferIgnored => "offer_ignored",
+    }
+}
+
+label_enum! {
     /// Where a server endpoint was found (`registry::Source`).
     pub enum EndpointSource("source") {
         Static => "static",
@@ -367,6 +385,7 @@ pub struct Metrics {
     pub dht_announces: Counters<AnnounceResult>,
     pub dht_announce_duration: Arc<AtomicHistogram>,
     pub endpoints_found: Counters<EndpointSource>,
+    pub tracker_events: Counters<TrackerEvent>,
     pub dials: Counter,
     pub dial_failures: Counters<DialFailure>,
     pub anti_entropy_rounds: Counter,
@@ -464,6 +483,11 @@ impl Metrics {
             "Duration of DHT announces",
             DHT_BUCKETS,
         );
+        let tracker_events = Counters::register(
+            r,
+            "tracker_events",
+            "WebTorrent tracker sockets and announces, by event",
+        );
         let endpoints_found = Counters::register(
             r,
             "endpoints_found",
@@ -511,6 +535,7 @@ impl Metrics {
             dht_announces,
             dht_announce_duration,
             endpoints_found,
+            tracker_events,
             dials,
             dial_failures,
             anti_entropy_rounds,

@@ -207,6 +207,7 @@ fn start_trackers(
     urls: Vec<String>,
     key: &Arc<NodeKey>,
     hub: &Addr<Hub>,
+    metrics: &Arc<Metrics>,
 ) -> Vec<Addr<TrackerChannel>> {
     use crate::tracker::{default_server_name, info_hash, peer_id_of, topic_server_name};
     let t = &config.trackers;
@@ -240,7 +241,7 @@ fn start_trackers(
                 self_peer: hub.clone().recipient(),
                 key: key.clone(),
             });
-            TrackerChannel::supervised(s, None)
+            TrackerChannel::supervised_with(s, None, metrics.clone())
         })
         .collect()
 }
@@ -390,7 +391,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         )
     });
 
-    let trackers = start_trackers(&config, tracker_urls, &key, &hub);
+    let trackers = start_trackers(&config, tracker_urls, &key, &hub, &metrics);
 
     crate::log_limit::configure(config.limits.remote_log_lines_per_sec);
     let open_files = raise_open_file_limit();

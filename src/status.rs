@@ -64,6 +64,7 @@ pub fn metrics_json(m: &Metrics) -> Value {
         "dht_lookups": counts(&m.dht_lookups),
         "dht_announces": counts(&m.dht_announces),
         "endpoints_found": counts(&m.endpoints_found),
+        "tracker_events": counts(&m.tracker_events),
         "dials": m.dials.get(),
         "dial_failures": counts(&m.dial_failures),
         "anti_entropy_rounds": m.anti_entropy_rounds.get(),

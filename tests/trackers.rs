@@ -89,6 +89,13 @@ fn node_on(tracker: &str, name: &str) -> NodeProc {
     NodeProc::start_env(&["--tracker", tracker, "--server-name", name], &FAST)
 }
 
+/// The node's `tooldb_tracker_events_total`, from `/status.json`.
+fn tracker_events(node: &NodeProc) -> Value {
+    let (_, body) = common::http_get(node.port, "/status.json").expect("status.json");
+    let st: Value = serde_json::from_str(&body).unwrap();
+    st["metrics"]["tracker_events"].clone()
+}
+
 /// `tooldb-node get KEY` with `extra` flags (never the LAN or the DHT),
 /// giving up after `timeout` seconds without a server.
 fn cli_get(key: &str, timeout: u32, extra: &[&str]) -> (bool, String, String) {
@@ -372,7 +379,9 @@ fn hostile_offers_are_ignored_by_the_server_and_cost_our_client_bounded_work() {
     stop.store(true, Ordering::Relaxed);
     flood.join().unwrap();
 
-    // The server dialed nothing it was offered, and still serves.
+    // The server was passed the offers, dialed nothing, and still serves.
+    let events = tracker_events(&node);
+    assert!(events["offer_ignored"].as_u64() > Some(0), "{events}");
     let peers = node.peers();
     assert_eq!(peers["servers"], json!([]), "{peers}");
     assert_eq!(peers["endpoints"], json!([]), "{peers}");
@@ -493,6 +502,12 @@ fn a_hostile_tracker_gets_one_socket_at_a_time_and_the_node_keeps_serving() {
     let (mut client, _) = RawPeer::client(node.port);
     client.put("k", json!("v"));
     client.wait_value("k", &json!("v"));
+    let events = wait_for("the answers counted", Duration::from_secs(10), || {
+        let e = tracker_events(&node);
+        (e["answered"].as_u64() >= Some(4)).then_some(e)
+    });
+    assert_eq!(events["connected"], 3, "{events}");
+    assert_eq!(events["failed"], 2, "{events}");
     let log = node.log();
     assert_eq!(
         log.matches("tracker unreachable").count(),

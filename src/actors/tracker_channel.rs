@@ -35,6 +35,7 @@ use crate::backoff::backoff_delay;
 use crate::crypto::NodeKey;
 use crate::messages::hub::GetSelfPeer;
 use crate::messages::tracker::ServersOffered;
+use crate::metrics::{Metrics, TrackerEvent};
 use crate::tracker::{
     endpoint_of_offer, finder_announce, offered_host, parse_message, server_announce, OffersSeen,
     ServerOffer, TrackerMessage, ANNOUNCE_EVERY, MAX_TRACKER_FRAME_BYTES, OFFERS_PER_ANNOUNCE,
@@ -107,6 +108,7 @@ pub struct TrackerChannel {
     signed_host: Option<(String, String)>,
     /// This run already failed and is stopping.
     failing: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl TrackerChannel {
@@ -121,7 +123,14 @@ impl TrackerChannel {
             last_heard: Instant::now(),
             signed_host: None,
             failing: false,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts into a node's `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Starts the channel under `actix::Supervisor` on the current arbiter.
@@ -129,7 +138,16 @@ impl TrackerChannel {
         settings: TrackerSettings,
         found: Option<Recipient<ServersOffered>>,
     ) -> Addr<Self> {
-        Supervisor::start(move |_| TrackerChannel::new(settings, found))
+        Self::supervised_with(settings, found, Arc::new(Metrics::new()))
+    }
+
+    /// `supervised`, counting into a node's `metrics`.
+    pub fn supervised_with(
+        settings: TrackerSettings,
+        found: Option<Recipient<ServersOffered>>,
+        metrics: Arc<Metrics>,
+    ) -> Addr<Self> {
+        Supervisor::start(move |_| TrackerChannel::new(settings, found).with_metrics(metrics))
     }
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
@@ -147,6 +165,7 @@ impl TrackerChannel {
                 act.sink = Some(SinkWrite::new(sink, ctx));
                 ctx.add_stream(stream);
                 act.last_heard = Instant::now();
+                act.metrics.tracker_events.inc(TrackerEvent::Connected);
                 tracing::debug!(tracker = %act.settings.url, "tracker connected");
                 act.announce(ctx);
                 let every = act.settings.announce_every;
@@ -167,6 +186,7 @@ impl TrackerChannel {
 
     fn send(&mut self, text: String) {
         if let Some(sink) = &mut self.sink {
+            self.metrics.tracker_events.inc(TrackerEvent::Announced);
             // The sink buffers; a dead socket ends the stream, which stops us.
             let _ = sink.write(ws::Message::Text(text.into()));
         }
@@ -219,10 +239,12 @@ impl TrackerChannel {
         match parse_message(text) {
             Ok(TrackerMessage::Announced { info_hash }) => {
                 if self.settings.info_hashes.contains(&info_hash) {
+                    self.metrics.tracker_events.inc(TrackerEvent::Answered);
                     self.recovered();
                 }
             }
             Ok(TrackerMessage::Failure { reason }) => {
+                self.metrics.tracker_events.inc(TrackerEvent::Refused);
                 crate::remote_log!(warn, tracker = %self.settings.url, reason = %reason, "the tracker refused an announce");
             }
             Ok(TrackerMessage::Offer {
@@ -233,6 +255,7 @@ impl TrackerChannel {
             }) => {
                 // A server acts on no one's offer: it only announces.
                 let Some(found) = self.found.clone() else {
+                    self.metrics.tracker_events.inc(TrackerEvent::OfferIgnored);
                     return;
                 };
                 if peer_id == self.settings.peer_id
@@ -281,6 +304,7 @@ impl TrackerChannel {
             return;
         }
         self.failing = true;
+        self.metrics.tracker_events.inc(TrackerEvent::Failed);
         self.failures = self.failures.saturating_add(1);
         if self.down_logged {
             tracing::debug!(tracker = %self.settings.url, reason, failures = self.failures, "tracker still down");
