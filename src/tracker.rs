@@ -191,51 +191,42 @@ pub enum TrackerMessage {
     Other,
 }
 
-#[derive(Deserialize)]
-struct RawMessage {
-    #[serde(default)]
-    action: Option<String>,
-    #[serde(default)]
-    info_hash: Option<String>,
-    #[serde(default)]
-    peer_id: Option<String>,
-    #[serde(default)]
-    offer_id: Option<String>,
-    #[serde(default)]
-    offer: Option<RawOffer>,
-    #[serde(default, rename = "failure reason")]
-    failure: Option<String>,
-    #[serde(default)]
-    answer: Option<serde::de::IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-struct RawOffer {
-    #[serde(default)]
-    sdp: Option<String>,
-}
+/// Longest "failure reason" kept (it goes to the log).
+const MAX_REASON_CHARS: usize = 200;
 
 /// Parses a tracker frame (already bounded by `MAX_TRACKER_FRAME_BYTES`).
+/// Fields of unexpected types make a message `Other`, never an error: an
+/// honest tracker forwards other peers' offers verbatim, and a peer's junk
+/// must not cost us the tracker.
 pub fn parse_message(text: &str) -> Result<TrackerMessage, TrackerError> {
-    let m: RawMessage = serde_json::from_str(text).map_err(|e| TrackerError::NotJson {
+    let v: Value = serde_json::from_str(text).map_err(|e| TrackerError::NotJson {
         reason: e.to_string(),
     })?;
-    if let Some(reason) = m.failure {
+    let field = |k: &str| v.get(k).and_then(Value::as_str);
+    if let Some(reason) = v.get("failure reason") {
+        let reason = reason
+            .as_str()
+            .map_or_else(|| reason.to_string(), str::to_owned)
+            .chars()
+            .take(MAX_REASON_CHARS)
+            .collect();
         return Ok(TrackerMessage::Failure { reason });
     }
-    if m.action.as_deref() != Some("announce") || m.answer.is_some() {
+    if field("action") != Some("announce") || v.get("answer").is_some() {
         return Ok(TrackerMessage::Other);
     }
-    let info_hash = m.info_hash.unwrap_or_default();
-    match (m.offer, m.offer_id) {
-        (Some(RawOffer { sdp: Some(sdp) }), Some(offer_id)) => Ok(TrackerMessage::Offer {
+    let info_hash = field("info_hash").unwrap_or_default().to_owned();
+    let Some(offer) = v.get("offer") else {
+        return Ok(TrackerMessage::Announced { info_hash });
+    };
+    match (offer.get("sdp").and_then(Value::as_str), field("offer_id")) {
+        (Some(sdp), Some(offer_id)) => Ok(TrackerMessage::Offer {
             info_hash,
-            peer_id: m.peer_id.unwrap_or_default(),
-            offer_id,
-            sdp,
+            peer_id: field("peer_id").unwrap_or_default().to_owned(),
+            offer_id: offer_id.to_owned(),
+            sdp: sdp.to_owned(),
         }),
-        (Some(_), _) => Ok(TrackerMessage::Other),
-        (None, _) => Ok(TrackerMessage::Announced { info_hash }),
+        _ => Ok(TrackerMessage::Other),
     }
 }
 
@@ -438,7 +429,20 @@ mod tests {
             TrackerMessage::Other
         );
         assert!(parse_message("nope").is_err());
-        assert!(parse_message(r#"{"action":7}"#).is_err());
+        // Junk another peer put in its offer is Other, not an error.
+        assert_eq!(
+            parse_message(r#"{"action":7}"#).unwrap(),
+            TrackerMessage::Other
+        );
+        assert_eq!(
+            parse_message(r#"{"action":"announce","offer":{"sdp":5},"offer_id":"o"}"#).unwrap(),
+            TrackerMessage::Other
+        );
+        assert_eq!(
+            parse_message(r#"{"action":"announce","offer":[1],"offer_id":{}}"#).unwrap(),
+            TrackerMessage::Other
+        );
+        assert_eq!(parse_message("[1,2]").unwrap(), TrackerMessage::Other);
     }
 
     #[test]

@@ -339,6 +339,7 @@ fn hostile_offers_are_ignored_by_the_server_and_cost_our_client_bounded_work() {
         json!({"host": "127.0.0.1", "port": node.port, "ssl": true}).to_string(),
         "x".repeat(20_000),
     ];
+    let deep = (0..300).fold(json!(1), |v, _| json!([v]));
     let (mut ws, _) = tungstenite::connect(&tracker.url).expect("the tracker answers");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flood = {
@@ -353,8 +354,15 @@ fn hostile_offers_are_ignored_by_the_server_and_cost_our_client_bounded_work() {
                 }
                 let offers: Vec<Value> = (0..82)
                     .map(|i| {
-                        json!({"offer": {"type": "offer", "sdp": junk[(round + i) % junk.len()]},
-                               "offer_id": format!("{round:04}-{i:04}-{}", "o".repeat(10))})
+                        let id = format!("{round:04}-{i:04}-{}", "o".repeat(10));
+                        // The tracker passes `offer` on verbatim: junk records,
+                        // junk types, nesting deeper than any parser's limit.
+                        let offer = match (round + i) % (junk.len() + 2) {
+                            j if j < junk.len() => json!({"type": "offer", "sdp": junk[j]}),
+                            j if j == junk.len() => json!({"type": "offer", "sdp": 5}),
+                            _ => deep.clone(),
+                        };
+                        json!({"offer": offer, "offer_id": id})
                     })
                     .collect();
                 let announce = json!({"action": "announce", "info_hash": hash,
@@ -382,6 +390,10 @@ fn hostile_offers_are_ignored_by_the_server_and_cost_our_client_bounded_work() {
     // The server was passed the offers, dialed nothing, and still serves.
     let events = tracker_events(&node);
     assert!(events["offer_ignored"].as_u64() > Some(0), "{events}");
+    assert_eq!(
+        events["failed"], 0,
+        "a peer's junk never costs the node its tracker: {events}"
+    );
     let peers = node.peers();
     assert_eq!(peers["servers"], json!([]), "{peers}");
     assert_eq!(peers["endpoints"], json!([]), "{peers}");
@@ -400,8 +412,9 @@ struct Seen {
 }
 
 /// A hostile tracker, then a good one on the same URL: the first
-/// connection gets a frame over the size limit, the second a frame that
-/// is not JSON, the third proper answers. The node holds at most one
+/// connection gets a frame over the size limit, the second only frames
+/// that are not JSON (ignored; the tracker goes silent, which ends the
+/// socket), the third proper answers. The node holds at most one
 /// socket to it, comes back after each close, announces again at its
 /// interval, and serves its clients throughout.
 #[test]

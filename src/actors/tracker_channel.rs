@@ -17,8 +17,10 @@
 //! Receives no messages.
 //!
 //! A dial that fails, a socket that closes or errs, a frame over
-//! `MAX_TRACKER_FRAME_BYTES`, or a tracker silent for `SILENCE_LIMIT`
-//! announces makes the actor stop; the supervisor's restart is the
+//! `MAX_TRACKER_FRAME_BYTES`, or a tracker that answers none of our
+//! announces for `SILENCE_LIMIT` intervals makes the actor stop (frames
+//! that do not parse are ignored: a peer's junk offer, passed on by an
+//! honest tracker, must not cost us the tracker); the supervisor's restart is the
 //! reconnect, after a jittered, capped backoff kept in the actor and reset
 //! once the tracker answers an announce. The outage is logged once.
 
@@ -235,15 +237,17 @@ impl TrackerChannel {
         );
     }
 
-    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+    fn on_text(&mut self, text: &str) {
         match parse_message(text) {
             Ok(TrackerMessage::Announced { info_hash }) => {
+                self.last_heard = Instant::now();
                 if self.settings.info_hashes.contains(&info_hash) {
                     self.metrics.tracker_events.inc(TrackerEvent::Answered);
                     self.recovered();
                 }
             }
             Ok(TrackerMessage::Failure { reason }) => {
+                self.last_heard = Instant::now();
                 self.metrics.tracker_events.inc(TrackerEvent::Refused);
                 crate::remote_log!(warn, tracker = %self.settings.url, reason = %reason, "the tracker refused an announce");
             }
@@ -281,9 +285,11 @@ impl TrackerChannel {
                 }
             }
             Ok(TrackerMessage::Other) => {}
+            // Ignored, not a reason to leave the tracker: it may be a
+            // peer's junk passed on. A tracker that sends nothing else
+            // goes silent, and that ends the socket.
             Err(e) => {
-                crate::remote_log!(info, tracker = %self.settings.url, error = %e, "closing: the tracker sent junk");
-                self.fail("the tracker sent a frame that is not JSON", ctx);
+                crate::remote_log!(debug, tracker = %self.settings.url, error = %e, "ignored a tracker frame");
             }
         }
     }
@@ -350,10 +356,9 @@ impl WriteHandler<ProtocolError> for TrackerChannel {
 
 impl StreamHandler<Result<Frame, ProtocolError>> for TrackerChannel {
     fn handle(&mut self, item: Result<Frame, ProtocolError>, ctx: &mut Self::Context) {
-        self.last_heard = Instant::now();
         match item {
             Ok(Frame::Text(bytes)) => match std::str::from_utf8(&bytes) {
-                Ok(text) => self.on_text(text, ctx),
+                Ok(text) => self.on_text(text),
                 Err(_) => self.fail("the tracker sent a non-UTF-8 text frame", ctx),
             },
             Ok(Frame::Ping(p)) => {
