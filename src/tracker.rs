@@ -365,6 +365,13 @@ mod tests {
     }
 
     #[test]
+    fn the_default_interval_is_the_adapters() {
+        let c = crate::config::TrackersConfig::default();
+        assert_eq!(Duration::from_secs(c.announce_every_secs), ANNOUNCE_EVERY);
+        assert_eq!(ANNOUNCE_EVERY, Duration::from_secs(30));
+    }
+
+    #[test]
     fn urls_must_be_websockets() {
         assert!(check_url("ws://127.0.0.1:8000").is_ok());
         assert!(check_url("wss://tracker.webtorrent.dev").is_ok());

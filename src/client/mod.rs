@@ -85,12 +85,13 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no Tool Db server found within {} s (topic {topic:?}, static peers {peers:?}, DHT: {dht})", timeout.as_secs_f64())]
+    #[error("no Tool Db server found within {} s (topic {topic:?}, static peers {peers:?}, DHT: {dht}, trackers {trackers:?})", timeout.as_secs_f64())]
     NoServer {
         timeout: Duration,
         topic: String,
         peers: Vec<String>,
         dht: String,
+        trackers: Vec<String>,
     },
     #[error("bad server address {0:?}: expected HOST:PORT")]
     BadPeer(String),
@@ -331,6 +332,7 @@ impl ClientBuilder {
             info: Arc::new(ClientInfo {
                 topic: self.topic,
                 peers: self.peers,
+                trackers: self.trackers,
                 dht: self.dht,
                 pow: self.pow,
                 connect_timeout: self.connect_timeout,
@@ -356,6 +358,7 @@ impl ClientBuilder {
 struct ClientInfo {
     topic: String,
     peers: Vec<String>,
+    trackers: Vec<String>,
     dht: Option<Vec<String>>,
     pow: u32,
     connect_timeout: Duration,
@@ -428,6 +431,7 @@ impl Client {
                     Some(b) if b.is_empty() => "public bootstrap nodes".into(),
                     Some(b) => format!("bootstrap {b:?}"),
                 },
+                trackers: self.info.trackers.clone(),
             }),
         }
     }
