@@ -28,7 +28,7 @@ fn subscriber(
     expect: usize,
     clock: Instant,
     sent_at: Arc<Vec<AtomicUsize>>,
-) -> std::thread::JoinHandle<(usize, Vec<f64>, Instant)> {
+) -> std::thread::JoinHandle<(usize, Vec<f64>, Instant, Vec<bool>)> {
     let (mut ws, _) = connect(port);
     for k in 0..KEYS {
         ws.send(Message::text(
@@ -57,26 +57,40 @@ fn subscriber(
         let mut n = 0;
         let mut last = Instant::now();
         let mut lat = vec![];
+        let mut got = vec![false; expect];
         while n < expect {
             match ws.read() {
                 Ok(Message::Text(t)) => {
                     let v: Value = serde_json::from_str(&t).unwrap();
-                    // Pushes carry fresh alphanumeric ids; subscribe answers "sub-…".
-                    if v["type"] == "put" && !v["id"].as_str().unwrap_or("").contains('-') {
-                        n += 1;
-                        last = Instant::now();
-                        if let Some(seq) = v["data"]["v"]["seq"].as_u64() {
-                            let sent = sent_at[seq as usize].load(Ordering::Relaxed) as f64;
+                    // Pushes carry fresh ids; a subscription's first answer
+                    // ("sub-…") is the key's value when its read ran, which
+                    // can be a put of this run: that put is then not pushed
+                    // again (the node never sends a record twice), so it
+                    // counts here too.
+                    let seq = v["data"]["v"]["seq"].as_u64().map(|s| s as usize);
+                    if let (true, Some(seq)) = (v["type"] == "put", seq) {
+                        if got.get(seq) == Some(&false) {
+                            got[seq] = true;
+                            n += 1;
+                            last = Instant::now();
+                            let sent = sent_at[seq].load(Ordering::Relaxed) as f64;
                             let now = clock.elapsed().as_micros() as f64;
                             lat.push((now - sent) / 1000.0);
                         }
                     }
                 }
+                Ok(Message::Close(frame)) => {
+                    eprintln!("subscriber closed by the node after {n} pushes: {frame:?}");
+                    break;
+                }
                 Ok(_) => {}
-                Err(_) => break,
+                Err(e) => {
+                    eprintln!("subscriber stopped after {n} pushes: {e}");
+                    break;
+                }
             }
         }
-        (n, lat, last)
+        (n, lat, last, got)
     })
 }
 
@@ -197,7 +211,22 @@ fn run(sync: bool, rate: Option<u64>) {
         })
         .collect();
     let _keep: Vec<Ws> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let (received, mut lat, last) = sub.join().unwrap();
+    let (received, mut lat, last, got) = sub.join().unwrap();
+    let missing: Vec<usize> = (0..total).filter(|s| !got[*s]).collect();
+    if let Some(&seq) = missing.first() {
+        // Which put of which key: writer w's i-th put is seq w*(total/W)+i.
+        let (w, i) = (seq / (total / WRITERS), seq % (total / WRITERS));
+        let k = w * (KEYS / WRITERS) + i % (KEYS / WRITERS);
+        let later = (i + KEYS / WRITERS..total / WRITERS)
+            .step_by(KEYS / WRITERS)
+            .map(|j| w * (total / WRITERS) + j)
+            .find(|s| got[*s]);
+        println!(
+            "{:>45} {} accepted puts never pushed, first: seq {seq} (key load-{k}); a later put of that key pushed: {later:?}",
+            "",
+            missing.len()
+        );
+    }
     let mut relay_lat = relays.map(|h| h.join().unwrap()).unwrap_or_default();
     relay_lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let secs = last.duration_since(started).as_secs_f64();
@@ -214,6 +243,24 @@ fn run(sync: bool, rate: Option<u64>) {
         received as f64 / secs,
         pct(0.5),
         pct(0.99)
+    );
+    // What the node itself counted: accepted puts that pushed nothing
+    // (or refusals) explain a subscriber count short of the puts sent.
+    let m = &common::http_json(port, "/status.json")["metrics"];
+    let rejected: serde_json::Map<String, Value> = m["puts_rejected"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(_, v)| v.as_u64() != Some(0))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "{:>45} node: puts accepted {} rejected {}",
+        "",
+        m["puts_accepted"],
+        Value::Object(rejected)
     );
     if !relay_lat.is_empty() {
         println!(

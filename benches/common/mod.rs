@@ -98,6 +98,20 @@ pub fn pin_self_to(core: usize) {
     }
 }
 
+/// GET `path` on the node's HTTP port, as JSON (`null` if it is not).
+pub fn http_json(port: u16, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap_or("null")).unwrap_or_default()
+}
+
 /// Connects as a server the node trusts (as tests/common's `proved_server`
 /// does): a listener answers the node's dial back with this key's signed
 /// record, and the key sorts below the node's address so the node keeps
