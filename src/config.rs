@@ -46,6 +46,7 @@ pub struct Config {
     pub peering: Peering,
     pub storage: StorageConfig,
     pub tls: TlsConfig,
+    pub acme: AcmeConfig,
     pub trackers: TrackersConfig,
 }
 
@@ -232,6 +233,35 @@ impl TlsConfig {
     }
 }
 
+/// A certificate obtained and renewed over ACME (`serve --acme`) for the
+/// host our peer record names; not with `[tls]` files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcmeConfig {
+    pub enabled: bool,
+    /// The ACME directory URL.
+    pub directory: String,
+    /// An extra PEM root trusted for the directory's HTTPS (and our
+    /// outbound wss dials); empty = the webpki roots only.
+    pub ca_file: PathBuf,
+    /// Contact addresses given to the CA (e-mail); may be empty.
+    pub contact: Vec<String>,
+    /// ACME profile; empty = "shortlived" for an IP address, none for a name.
+    pub profile: String,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            enabled: false,
+            directory: crate::acme::LETS_ENCRYPT_DIRECTORY.into(),
+            ca_file: PathBuf::new(),
+            contact: vec![],
+            profile: String::new(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -253,6 +283,7 @@ impl Default for Config {
             peering: Peering::default(),
             storage: StorageConfig::default(),
             tls: TlsConfig::default(),
+            acme: AcmeConfig::default(),
             trackers: TrackersConfig::default(),
         }
     }

@@ -1,4 +1,5 @@
 //! tooldb-node: a Tool Db-compatible server.
+pub mod acme;
 pub mod actors;
 pub mod admission;
 pub mod backoff;

@@ -140,6 +140,10 @@ struct ServeArgs {
     host: Option<String>,
     #[arg(long)]
     port: Option<u16>,
+    /// The host our signed peer record names (what others dial, and what
+    /// --acme orders a certificate for): a DNS name or an IP address.
+    #[arg(long, value_name = "HOST")]
+    public_host: Option<String>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// A server to dial and keep connected (HOST:PORT); repeatable.
@@ -172,6 +176,20 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE")]
     tls_key: Option<PathBuf>,
+    /// TLS with a certificate obtained and renewed over ACME (default: Let's
+    /// Encrypt) for --public-host, validated by tls-alpn-01 on this port
+    /// (the CA connects to port 443). Kept in DATA_DIR/acme.
+    #[arg(long)]
+    acme: bool,
+    /// The ACME directory URL (default: Let's Encrypt production).
+    #[arg(long, value_name = "URL")]
+    acme_directory: Option<String>,
+    /// An extra PEM root CA to trust for the ACME directory's HTTPS.
+    #[arg(long, value_name = "FILE")]
+    acme_ca_file: Option<PathBuf>,
+    /// A contact e-mail address for the ACME account; repeatable.
+    #[arg(long = "acme-contact", value_name = "EMAIL")]
+    acme_contact: Vec<String>,
     /// Announce on this WebTorrent websocket tracker (ws:// or wss://), as
     /// Tool Db's hybrid adapter does, by server name and by topic;
     /// repeatable.
@@ -194,6 +212,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.port {
             c.port = v;
+        }
+        if let Some(v) = &self.public_host {
+            c.public_host = v.clone();
         }
         if let Some(v) = &self.data_dir {
             c.data_dir = v.clone();
@@ -224,6 +245,18 @@ impl ServeArgs {
         }
         if let Some(v) = &self.tls_key {
             c.tls.key_file = v.clone();
+        }
+        if self.acme {
+            c.acme.enabled = true;
+        }
+        if let Some(v) = &self.acme_directory {
+            c.acme.directory = v.clone();
+        }
+        if let Some(v) = &self.acme_ca_file {
+            c.acme.ca_file = v.clone();
+        }
+        if !self.acme_contact.is_empty() {
+            c.acme.contact = self.acme_contact.clone();
         }
         if !self.trackers.is_empty() {
             c.trackers.urls = self.trackers.clone();

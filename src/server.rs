@@ -58,6 +58,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot start the TLS certificate watcher: {0}")]
     TlsWatcher(std::io::Error),
+    #[error("--acme and --tls-cert/--tls-key (or [acme] enabled and [tls] files) exclude each other: choose one source of certificates")]
+    AcmeAndFiles,
     #[error("bad --tracker: {0}")]
     BadTracker(#[from] crate::tracker::TrackerError),
 }
@@ -74,6 +76,8 @@ pub struct Node {
     pub dht: Option<Addr<DhtChannel>>,
     /// Kept so the supervisor keeps the LAN channel running.
     pub lan: Option<Addr<LanChannel>>,
+    /// Kept so the supervisor keeps the ACME issuer running.
+    pub acme: Option<Addr<crate::actors::acme::AcmeIssuer>>,
     /// One per tracker, kept so their supervisors keep them running.
     pub trackers: Vec<Addr<TrackerChannel>>,
     pub http: actix_web::dev::ServerHandle,
@@ -264,12 +268,33 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
     };
     let metrics = Arc::new(Metrics::new());
     // Bad certificate files stop the start, before anything else is opened.
-    let tls = match config.tls.files()? {
-        Some(files) => {
+    let tls = match (config.tls.files()?, config.acme.enabled) {
+        (Some(_), true) => return Err(StartError::AcmeAndFiles),
+        (Some(files), false) => {
             let (resolver, watcher) = crate::tls::load_watched(files)?;
-            Some((watcher, crate::tls::server_config(resolver)?))
+            Some(TlsSource::Files(
+                watcher,
+                crate::tls::server_config(resolver, false)?,
+            ))
         }
-        None => None,
+        (None, true) => {
+            let settings = acme_settings(&config);
+            let stored = crate::acme::load_stored(&settings);
+            let resolver = Arc::new(match &stored {
+                Some(issued) => {
+                    tracing::info!(host = %settings.host, "serving the ACME certificate from the data dir");
+                    crate::tls::CertResolver::new(issued.key.clone())
+                }
+                None => crate::tls::CertResolver::empty(),
+            });
+            let issuer =
+                crate::actors::acme::AcmeIssuer::new(settings, resolver.clone(), stored.as_ref());
+            Some(TlsSource::Acme(
+                issuer,
+                crate::tls::server_config(resolver, true)?,
+            ))
+        }
+        (None, false) => None,
     };
     let data_dir = &config.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir {
@@ -460,13 +485,23 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
     // After our close frame, what is queued still has to reach a slow
     // reader (its close reason included); actix's default of 1 s dropped it.
     .client_disconnect_timeout(Duration::from_secs(config.limits.write_timeout_secs));
+    let tls_on = tls.is_some();
+    let mut acme = None;
     let server = match tls {
-        Some((watcher, server_config)) => {
+        Some(TlsSource::Files(watcher, server_config)) => {
             let server = server
                 .listen_rustls_0_23(listener, server_config)
                 .map_err(StartError::Listen)?;
             // The watcher lives as long as the server's TLS configuration.
             watcher.start().map_err(StartError::TlsWatcher)?;
+            server
+        }
+        Some(TlsSource::Acme(issuer, server_config)) => {
+            let server = server
+                .listen_rustls_0_23(listener, server_config)
+                .map_err(StartError::Listen)?;
+            // After the listener: the CA's validation connects to it.
+            acme = Some(crate::actors::acme::AcmeIssuer::supervised(issuer));
             server
         }
         None => server.listen(listener).map_err(StartError::Listen)?,
@@ -490,7 +525,8 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         address = %key.address(),
         client_id = %key.client_id(),
         data_dir = %config.data_dir.display(),
-        tls = !config.tls.cert_file.as_os_str().is_empty(),
+        tls = tls_on,
+        acme = config.acme.enabled,
         "serving"
     );
     Ok(Node {
@@ -502,6 +538,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         storage,
         dht,
         lan,
+        acme,
         trackers,
         http: server.handle(),
         server: Some(server),
@@ -510,6 +547,31 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         metrics_addr,
         metrics_http,
     })
+}
+
+/// Where the websocket port's certificate comes from.
+enum TlsSource {
+    /// Files, reloaded by the watcher.
+    Files(crate::tls::Watcher, rustls::ServerConfig),
+    /// ACME: the issuer (not started) feeds the configuration's resolver.
+    Acme(crate::actors::acme::AcmeIssuer, rustls::ServerConfig),
+}
+
+/// The ACME settings: the identifier is the host our record names.
+pub fn acme_settings(config: &Config) -> crate::acme::AcmeSettings {
+    let host = record_host_now(config);
+    if crate::host::follows_dht(&config.public_host, &config.host) {
+        tracing::warn!(%host, "--acme without --public-host: ordering for this interface address; set --public-host to the name or address clients use");
+    }
+    let ca_file = &config.acme.ca_file;
+    crate::acme::AcmeSettings {
+        directory: config.acme.directory.clone(),
+        ca_file: (!ca_file.as_os_str().is_empty()).then(|| ca_file.clone()),
+        contact: config.acme.contact.clone(),
+        host,
+        profile: config.acme.profile.clone(),
+        dir: config.data_dir.join(crate::acme::ACME_DIR),
+    }
 }
 
 /// File descriptors kept free under the open-file limit.

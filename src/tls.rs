@@ -10,9 +10,12 @@
 //! key matches the certificate. New handshakes then get the new
 //! certificate; open connections keep theirs. Bad files at start are an
 //! error ([`load_certified_key`]); bad files at reload are one warning, and
-//! the old certificate stays. Anything else that obtains certificates
-//! (ACME) can feed the same resolver with [`CertResolver::set`].
+//! the old certificate stays. The ACME issuer (`actors::acme`) feeds the
+//! same resolver with [`CertResolver::set`], and answers `tls-alpn-01`
+//! through it: a handshake offering only the `acme-tls/1` protocol gets
+//! the challenge certificate for its SNI name (RFC 8737).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, SystemTime};
@@ -29,6 +32,9 @@ pub const RELOAD_POLL: Duration = Duration::from_secs(1);
 
 /// Largest certificate or key file read, bytes (a chain is a few KiB).
 pub const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// The ALPN protocol of `tls-alpn-01` validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -122,7 +128,19 @@ fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 /// (PKCS#8, PKCS#1 or SEC1), and checks that the key is the leaf's.
 pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
     let cert_pem = read_pem("certificate", cert_path)?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+    let key_pem = read_pem("key", key_path)?;
+    certified_key_from_pem(&cert_pem, &key_pem, cert_path, key_path)
+}
+
+/// Like [`load_certified_key`] from PEM text already read; the paths
+/// only name the pair in errors.
+pub fn certified_key_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<CertifiedKey, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::BadCertPem {
             path: cert_path.to_owned(),
@@ -133,74 +151,153 @@ pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<Certified
             path: cert_path.to_owned(),
         });
     }
-    let key_pem = read_pem("key", key_path)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKeyPem {
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::BadKeyPem {
         path: key_path.to_owned(),
         reason: e.to_string(),
     })?;
+    certified_key(chain, key).map_err(|e| match e {
+        CertKeyError::Key(source) => TlsError::UnusableKey {
+            path: key_path.to_owned(),
+            source,
+        },
+        CertKeyError::Mismatch => TlsError::Mismatch {
+            cert: cert_path.to_owned(),
+            key: key_path.to_owned(),
+        },
+        CertKeyError::Cert(source) => TlsError::BadCert {
+            path: cert_path.to_owned(),
+            source,
+        },
+    })
+}
+
+/// A chain and its key without the match check: for the `tls-alpn-01`
+/// certificate, whose critical acmeIdentifier extension the check's
+/// parser refuses (the validator reads it; nobody else gets it).
+pub fn certified_key_unchecked(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, rustls::Error> {
+    let signer = provider().key_provider.load_private_key(key)?;
+    Ok(CertifiedKey::new(chain, signer))
+}
+
+/// Why a chain and a key do not make a [`CertifiedKey`].
+#[derive(Debug)]
+pub enum CertKeyError {
+    Key(rustls::Error),
+    Mismatch,
+    Cert(rustls::Error),
+}
+
+/// A chain (leaf first) and the leaf's key, checked to match.
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, CertKeyError> {
     let signer = provider()
         .key_provider
         .load_private_key(key)
-        .map_err(|source| TlsError::UnusableKey {
-            path: key_path.to_owned(),
-            source,
-        })?;
+        .map_err(CertKeyError::Key)?;
     let certified = CertifiedKey::new(chain, signer);
     match certified.keys_match() {
         Ok(()) => Ok(certified),
-        Err(rustls::Error::InconsistentKeys(_)) => Err(TlsError::Mismatch {
-            cert: cert_path.to_owned(),
-            key: key_path.to_owned(),
-        }),
-        Err(source) => Err(TlsError::BadCert {
-            path: cert_path.to_owned(),
-            source,
-        }),
+        Err(rustls::Error::InconsistentKeys(_)) => Err(CertKeyError::Mismatch),
+        Err(source) => Err(CertKeyError::Cert(source)),
     }
 }
 
-/// The certificate every handshake gets; swapped whole on reload.
-#[derive(Debug)]
+/// The certificate every handshake gets (swapped whole on reload or
+/// renewal; none yet while ACME obtains the first), and the `tls-alpn-01`
+/// challenge certificates by SNI name.
+#[derive(Debug, Default)]
 pub struct CertResolver {
-    current: RwLock<Arc<CertifiedKey>>,
+    current: RwLock<Option<Arc<CertifiedKey>>>,
+    challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl CertResolver {
     pub fn new(key: CertifiedKey) -> CertResolver {
         CertResolver {
-            current: RwLock::new(Arc::new(key)),
+            current: RwLock::new(Some(Arc::new(key))),
+            challenges: RwLock::default(),
         }
+    }
+
+    /// A resolver with no certificate yet: handshakes fail (except
+    /// `tls-alpn-01` ones) until [`CertResolver::set`].
+    pub fn empty() -> CertResolver {
+        CertResolver::default()
     }
 
     /// New handshakes use `key` from now on.
     pub fn set(&self, key: CertifiedKey) {
         let key = Arc::new(key);
-        // A poisoned lock still holds a whole Arc: replace it.
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+        // A poisoned lock still holds a whole value: replace it.
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
     }
 
-    pub fn current(&self) -> Arc<CertifiedKey> {
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+
+    /// `acme-tls/1` handshakes naming `sni` get `key` until
+    /// [`CertResolver::remove_challenge`].
+    pub fn add_challenge(&self, sni: &str, key: CertifiedKey) {
+        self.challenges
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sni.to_ascii_lowercase(), Arc::new(key));
+    }
+
+    pub fn remove_challenge(&self, sni: &str) {
+        self.challenges
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&sni.to_ascii_lowercase());
+    }
+
+    fn challenge(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let challenges = self.challenges.read().unwrap_or_else(|e| e.into_inner());
+        match sni {
+            Some(name) => challenges.get(&name.to_ascii_lowercase()).cloned(),
+            // A validator that sends no SNI: the one pending challenge.
+            None if challenges.len() == 1 => challenges.values().next().cloned(),
+            None => None,
+        }
+    }
 }
 
 impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if acme {
+            // Only the challenge certificate, never the real one (RFC 8737).
+            return self.challenge(hello.server_name());
+        }
+        self.current()
     }
 }
 
 /// A rustls server configuration (ring, TLS 1.2 and 1.3, no client
-/// certificates) that takes its certificate from `resolver`.
-pub fn server_config(resolver: Arc<CertResolver>) -> Result<ServerConfig, TlsError> {
-    Ok(ServerConfig::builder_with_provider(provider())
+/// certificates) that takes its certificate from `resolver`; with `acme`,
+/// it also speaks `acme-tls/1` for `tls-alpn-01` validation.
+pub fn server_config(resolver: Arc<CertResolver>, acme: bool) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Setup)?
         .with_no_client_auth()
-        .with_cert_resolver(resolver))
+        .with_cert_resolver(resolver);
+    if acme {
+        // actix-web puts its own protocols (http/1.1) before these.
+        config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+    }
+    Ok(config)
 }
 
 /// What the watcher compares: each file's modification time and length

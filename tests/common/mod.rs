@@ -18,6 +18,8 @@ use tooldb_node::record::now_ms;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
+pub mod tls;
+
 pub const TOPIC: &str = "tool-db-default";
 
 /// A port that was free a moment ago on 127.0.0.1.
