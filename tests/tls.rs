@@ -253,6 +253,27 @@ fn the_npm_tool_db_client_puts_and_gets_over_wss() {
     assert_eq!(r["got"], r["put"], "{r}");
 }
 
+/// The real npm `tool-db` client subscribes over wss and sees every later
+/// put another client makes (issue 12 point 4: put, get and subscribe).
+#[test]
+fn the_npm_tool_db_client_subscribes_over_wss() {
+    let ca = Ca::new();
+    let config = ca.client_config();
+    let files = Files::new(&ca.leaf());
+    let ca_file = files.cert.with_file_name("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let node = start_tls_node(&files, &config);
+    let url = format!("wss://127.0.0.1:{}", node.port);
+    let r = common::scenario_env(
+        "subscribe",
+        &["--server", &url, "--updates", "3"],
+        &[("NODE_EXTRA_CA_CERTS", &path_str(&ca_file))],
+    );
+    assert_eq!(r["connected"], json!({"A": true, "B": true}), "{r}");
+    assert_eq!(r["put"].as_array().unwrap().len(), 3, "{r}");
+    assert_eq!(r["received"], r["put"], "{r}");
+}
+
 /// Runs `serve` with `extra` flags, expecting it to fail: its stderr.
 fn serve_fails(extra: &[String]) -> String {
     let tmp = tempfile::tempdir().unwrap();
@@ -343,6 +364,16 @@ fn bad_files_at_start_are_one_clear_error() {
                 s(&other_key),
             ],
             "does not match the certificate",
+        ),
+        (
+            vec![
+                "--acme".into(),
+                "--tls-cert".into(),
+                s(&files.cert),
+                "--tls-key".into(),
+                s(&files.key),
+            ],
+            "exclude each other",
         ),
     ];
     for (flags, expected) in cases {
