@@ -224,12 +224,33 @@ pub struct TlsConfig {
     pub cert_file: PathBuf,
     /// PEM private key of the leaf certificate.
     pub key_file: PathBuf,
+    /// Extra PEM root CAs trusted when we dial wss servers, besides the
+    /// webpki roots (and `[acme] ca_file`); empty = none.
+    pub ca_file: PathBuf,
 }
 
 impl TlsConfig {
     /// The files to serve TLS with, if any; an error if only one is set.
     pub fn files(&self) -> Result<Option<crate::tls::CertFiles>, crate::tls::TlsError> {
         crate::tls::CertFiles::from_paths(&self.cert_file, &self.key_file)
+    }
+}
+
+impl Config {
+    /// The extra roots our wss dials trust: `[tls] ca_file` and
+    /// `[acme] ca_file` (a private CA that issues our certificate likely
+    /// issues our peers' too).
+    pub fn dial_roots(&self) -> Vec<PathBuf> {
+        [&self.tls.ca_file, &self.acme.ca_file]
+            .into_iter()
+            .filter(|p| !p.as_os_str().is_empty())
+            .cloned()
+            .collect()
+    }
+
+    /// Whether the websocket port speaks TLS (files or ACME).
+    pub fn serves_tls(&self) -> bool {
+        self.acme.enabled || !self.tls.cert_file.as_os_str().is_empty()
     }
 }
 

@@ -176,6 +176,10 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE")]
     tls_key: Option<PathBuf>,
+    /// An extra PEM root CA to trust when dialing wss servers (besides the
+    /// webpki roots and --acme-ca-file).
+    #[arg(long, value_name = "FILE")]
+    tls_ca_file: Option<PathBuf>,
     /// TLS with a certificate obtained and renewed over ACME (default: Let's
     /// Encrypt) for --public-host, validated by tls-alpn-01 on this port
     /// (the CA connects to port 443). Kept in DATA_DIR/acme.
@@ -245,6 +249,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.tls_key {
             c.tls.key_file = v.clone();
+        }
+        if let Some(v) = &self.tls_ca_file {
+            c.tls.ca_file = v.clone();
         }
         if self.acme {
             c.acme.enabled = true;

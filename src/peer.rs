@@ -1,6 +1,7 @@
 //! The signed peer record servers exchange in `ping` and `pong`:
 //! `{topic, timestamp, host, port, address, sig}` where `sig` signs
-//! `sha256hex("{topic}-{timestamp}-{host}:{port}")` (PROTOCOL.md).
+//! `sha256hex("{topic}-{timestamp}-{host}:{port}")` (PROTOCOL.md), and
+//! **ours:** `ssl: true` when the server speaks TLS there (wss).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -15,6 +16,13 @@ pub struct Peer {
     pub port: u16,
     pub address: String,
     pub sig: String,
+    /// **ours:** the server speaks TLS on `host:port` (dial `wss://`).
+    /// Named after tool-db's own `ssl` option; not signed (the signature
+    /// covers only topic, time, host and port, so Tool Db peers still
+    /// verify the record); sent only when true. Tool Db's adapters dial
+    /// `wss://` for port 443 whatever it says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ssl: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,7 +52,14 @@ impl Peer {
             port,
             address: key.address().to_owned(),
             sig,
+            ssl: false,
         }
+    }
+
+    /// The record saying whether we serve TLS.
+    pub fn with_ssl(mut self, ssl: bool) -> Peer {
+        self.ssl = ssl;
+        self
     }
 
     pub fn client_id(&self) -> &str {

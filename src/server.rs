@@ -58,6 +58,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot start the TLS certificate watcher: {0}")]
     TlsWatcher(std::io::Error),
+    #[error(transparent)]
+    DialTrust(#[from] crate::transport::TrustError),
     #[error("--acme and --tls-cert/--tls-key (or [acme] enabled and [tls] files) exclude each other: choose one source of certificates")]
     AcmeAndFiles,
     #[error("bad --tracker: {0}")]
@@ -326,18 +328,27 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         Crypto::new(crypto_key.clone()).with_metrics(crypto_metrics.clone())
     });
     for p in &config.peers {
-        Endpoint::parse(p).map_err(|_| StartError::BadPeer(p.clone()))?;
+        let endpoint = Endpoint::parse(p).map_err(|_| StartError::BadPeer(p.clone()))?;
+        if p.trim().starts_with("wss://") {
+            crate::transport::remember_scheme(&endpoint, true);
+        }
+    }
+    let dial_roots = config.dial_roots();
+    if !dial_roots.is_empty() {
+        crate::transport::trust_extra_roots(&dial_roots)?;
     }
 
     let port = listener.local_addr().map_err(StartError::Listen)?.port();
     let host = record_host_now(&config);
-    let self_peer = Peer::sign(&key, &config.topic, &host, port, now_ms());
+    let self_peer =
+        Peer::sign(&key, &config.topic, &host, port, now_ms()).with_ssl(config.serves_tls());
     let settings = HubSettings {
         topic: config.topic.clone(),
         address: key.address().to_owned(),
         client_id: key.client_id().to_owned(),
         host: host.clone(),
         port,
+        ssl: config.serves_tls(),
         pow: config.pow,
         limits: config.limits.clone(),
         reconcile_every_secs: config.peering.reconcile_every_secs,

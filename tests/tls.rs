@@ -274,6 +274,70 @@ fn the_npm_tool_db_client_subscribes_over_wss() {
     assert_eq!(r["received"], r["put"], "{r}");
 }
 
+/// Our record says `ssl` when we serve TLS, in pongs and on `/peers`, so
+/// browsers and servers that read it dial wss (issue 12 point 3); a plain
+/// node's record does not carry the field at all (Tool Db's shape).
+#[test]
+fn pongs_and_peers_say_the_node_speaks_tls() {
+    let ca = Ca::new();
+    let config = ca.client_config();
+    let files = Files::new(&ca.leaf());
+    let node = start_tls_node(&files, &config);
+    let mut peer = wss_peer(node.port, &config);
+    let pong = peer.handshake(false);
+    assert_eq!(pong["servers"][0]["ssl"], json!(true), "{pong}");
+    let (_, body) = https_get(node.port, "/peers", &config).unwrap();
+    let peers: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(peers["self"]["ssl"], json!(true), "{peers}");
+
+    let plain = NodeProc::start(&[]);
+    let (_, pong) = RawPeer::client(plain.port);
+    assert!(pong["servers"][0].get("ssl").is_none(), "{pong}");
+    assert!(plain.peers()["self"].get("ssl").is_none());
+}
+
+/// A server given a TLS server as a bare HOST:PORT (as the DHT and the LAN
+/// give them) reaches it over wss, verifying its certificate against
+/// --tls-ca-file, and records flow; without that CA it does not connect,
+/// and the log says why.
+#[test]
+fn a_server_dials_a_tls_server_over_wss_and_verifies_its_certificate() {
+    let ca = Ca::new();
+    let config = ca.client_config();
+    let files = Files::new(&ca.leaf());
+    let ca_file = files.cert.with_file_name("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let a = start_tls_node(&files, &config);
+    let a_id = json!(serde_json::from_str::<Value>(
+        &https_get(a.port, "/health", &config).unwrap().1
+    )
+    .unwrap()["clientId"]
+        .clone());
+    let peer = format!("127.0.0.1:{}", a.port);
+
+    let b = NodeProc::start(&["--peer", &peer, "--tls-ca-file", &path_str(&ca_file)]);
+    wait_for("B connected to A over wss", Duration::from_secs(30), || {
+        common::connected_to(&b, &a_id).then_some(())
+    });
+    let mut writer = wss_peer(a.port, &config);
+    ping_put_get(&mut writer, "over-wss-link", json!("from A"));
+    let (mut reader, _) = RawPeer::client(b.port);
+    reader.wait_value("over-wss-link", &json!("from A"));
+
+    // Without the CA: no connection, and the log names the certificate.
+    let untrusting = NodeProc::start(&["--peer", &peer]);
+    let wss_url = format!("wss://127.0.0.1:{}", a.port);
+    wait_for(
+        "the failed wss dial in the log",
+        Duration::from_secs(30),
+        || {
+            let log = untrusting.log();
+            (log.contains(&wss_url) && log.to_lowercase().contains("certificate")).then_some(())
+        },
+    );
+    assert!(!common::connected_to(&untrusting, &a_id));
+}
+
 /// Runs `serve` with `extra` flags, expecting it to fail: its stderr.
 fn serve_fails(extra: &[String]) -> String {
     let tmp = tempfile::tempdir().unwrap();

@@ -47,6 +47,16 @@ impl Handler<VerifyRecord> for Crypto {
     }
 }
 
+/// A verified record saying `ssl` is how a dialer learns to use wss for
+/// an endpoint found bare (DHT, LAN); a record without it changes nothing
+/// (older nodes never say it).
+fn learn_scheme(peer: &Peer) {
+    if peer.ssl {
+        let endpoint = crate::endpoint::Endpoint::new(peer.host.clone(), peer.port);
+        crate::transport::remember_scheme(&endpoint, true);
+    }
+}
+
 impl Handler<VerifyPing> for Crypto {
     type Result = Result<Peer, PeerError>;
     fn handle(&mut self, msg: VerifyPing, _: &mut Self::Context) -> Self::Result {
@@ -55,6 +65,7 @@ impl Handler<VerifyPing> for Crypto {
             .ok_or_else(|| PeerError::Malformed("ping carries no peer record".into()))?;
         let peer = Peer::from_value(&value)?;
         peer.verify_fresh(&msg.topic, now_ms(), msg.window_ms)?;
+        learn_scheme(&peer);
         Ok(peer)
     }
 }
@@ -65,7 +76,10 @@ impl Handler<VerifyServers> for Crypto {
         msg.servers
             .iter()
             .filter_map(|v| match Peer::from_value(v) {
-                Ok(p) if p.topic == msg.topic && p.verify_signature().is_ok() => Some(p),
+                Ok(p) if p.topic == msg.topic && p.verify_signature().is_ok() => {
+                    learn_scheme(&p);
+                    Some(p)
+                }
                 Ok(p) => {
                     tracing::debug!(address = %p.address, "dropped a listed server whose record fails");
                     None
@@ -82,12 +96,8 @@ impl Handler<VerifyServers> for Crypto {
 impl Handler<SignPeer> for Crypto {
     type Result = MessageResult<SignPeer>;
     fn handle(&mut self, msg: SignPeer, _: &mut Self::Context) -> Self::Result {
-        MessageResult(Peer::sign(
-            &self.key,
-            &msg.topic,
-            &msg.host,
-            msg.port,
-            now_ms(),
-        ))
+        MessageResult(
+            Peer::sign(&self.key, &msg.topic, &msg.host, msg.port, now_ms()).with_ssl(msg.ssl),
+        )
     }
 }

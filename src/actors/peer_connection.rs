@@ -169,6 +169,7 @@ impl PeerConnection {
                         topic: current.topic,
                         host: current.host,
                         port: current.port,
+                        ssl: current.ssl,
                     })
                     .await
             }

@@ -40,4 +40,6 @@ pub struct SignPeer {
     pub topic: String,
     pub host: String,
     pub port: u16,
+    /// We serve TLS (the record's `ssl`).
+    pub ssl: bool,
 }

@@ -114,6 +114,8 @@ pub struct HubSettings {
     pub client_id: String,
     pub host: String,
     pub port: u16,
+    /// We serve TLS: our record says `ssl`.
+    pub ssl: bool,
     pub pow: u32,
     pub limits: Limits,
     pub reconcile_every_secs: u64,
@@ -256,6 +258,7 @@ impl Hub {
             topic: self.settings.topic.clone(),
             host: self.settings.host.clone(),
             port: self.settings.port,
+            ssl: self.settings.ssl,
         };
         let crypto = self.crypto.clone();
         ctx.spawn(
@@ -1406,6 +1409,7 @@ impl Handler<GetSelfPeer> for Hub {
             topic: self.settings.topic.clone(),
             host: self.settings.host.clone(),
             port: self.settings.port,
+            ssl: self.settings.ssl,
         };
         let (crypto, fallback) = (self.crypto.clone(), self.self_peer.clone());
         Box::pin(async move { crypto.send(req).await.unwrap_or(fallback) })

@@ -137,6 +137,7 @@ fn setup_with(limits: Limits) -> Setup {
         client_id: key.client_id().into(),
         host: "127.0.0.1".into(),
         port: 1,
+        ssl: false,
         pow: 0,
         limits,
         reconcile_every_secs: 60,
