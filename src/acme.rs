@@ -1,6 +1,8 @@
 //! Certificates over ACME (RFC 8555) for `serve --acme`: one order for the
 //! node's public host (a DNS name, or an IP address, RFC 8738), validated
-//! with `tls-alpn-01` (RFC 8737) on the node's own TLS port, through the
+//! with `tls-alpn-01` (RFC 8737) on the node's own TLS port, or with
+//! `http-01` when the operator gives us a port-80 listener
+//! (`--acme-http-listen`, served by [`serve_http01`]), through the
 //! `instant-acme` client. The account key and the certificate live in
 //! `DATA_DIR/acme/`; the actor that decides when to run an order is
 //! `actors::acme::AcmeIssuer`.
@@ -9,9 +11,10 @@
 //! ([`renewal_due`]), the SNI name a validator sends for an identifier
 //! ([`challenge_sni`]), and the identifier and profile for a host.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -67,8 +70,8 @@ pub enum AcmeError {
     OrderFailed { host: String, status: String },
     #[error("the ACME authorization for {host} is {status}")]
     AuthorizationFailed { host: String, status: String },
-    #[error("the ACME server offers no tls-alpn-01 challenge for {host}")]
-    NoTlsAlpn { host: String },
+    #[error("the ACME server offers no {kind} challenge for {host}")]
+    NoChallenge { kind: &'static str, host: String },
     #[error("the ACME order for {host} took longer than {ORDER_TIMEOUT:?}")]
     TimedOut { host: String },
     #[error("cannot make the {what}: {reason}")]
@@ -97,6 +100,9 @@ pub struct AcmeSettings {
     pub profile: String,
     /// `DATA_DIR/acme`.
     pub dir: PathBuf,
+    /// Answer `http-01` (on the `--acme-http-listen` listener) instead of
+    /// `tls-alpn-01`.
+    pub http01: bool,
 }
 
 impl AcmeSettings {
@@ -135,6 +141,70 @@ impl AcmeSettings {
             }
         }
     }
+}
+
+/// The `http-01` answers pending now: token → key authorization.
+#[derive(Debug, Clone, Default)]
+pub struct Http01Tokens(Arc<RwLock<HashMap<String, String>>>);
+
+impl Http01Tokens {
+    fn add(&self, token: &str, key_authorization: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token.to_owned(), key_authorization.to_owned());
+    }
+
+    fn remove(&self, token: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(token);
+    }
+
+    pub fn get(&self, token: &str) -> Option<String> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .cloned()
+    }
+}
+
+/// The path prefix `http-01` validators fetch (RFC 8555 section 8.3).
+pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// Serves `http-01` answers on `listener` (port 80 for a public CA):
+/// `GET /.well-known/acme-challenge/TOKEN` → the key authorization, 404
+/// for anything else. Must run inside an actix system.
+pub fn serve_http01(
+    listener: std::net::TcpListener,
+    tokens: Http01Tokens,
+) -> std::io::Result<actix_web::dev::Server> {
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    async fn answer(req: HttpRequest, tokens: web::Data<Http01Tokens>) -> HttpResponse {
+        let token = req.path().strip_prefix(HTTP01_PREFIX).unwrap_or_default();
+        match tokens.get(token) {
+            Some(key_authorization) => HttpResponse::Ok()
+                .content_type("application/octet-stream")
+                .body(key_authorization),
+            None => HttpResponse::NotFound()
+                .content_type("text/plain")
+                .body("tooldb-node: no such ACME challenge\n"),
+        }
+    }
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(tokens.clone()))
+            .default_service(web::to(answer))
+    })
+    .workers(1)
+    // Validators only: a few connections at a time.
+    .max_connections(64)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run())
 }
 
 /// An error and its sources, joined by ": ".
@@ -406,39 +476,53 @@ fn challenge_cert(host: &str, digest: &[u8]) -> Result<CertifiedKey, AcmeError> 
     })
 }
 
-/// Removes the challenge certificate when the order ends, however it ends.
+/// Removes the challenge answers when the order ends, however it ends.
 struct ChallengeGuard<'a> {
     resolver: &'a CertResolver,
-    sni: Option<String>,
+    tokens: &'a Http01Tokens,
+    sni: Vec<String>,
+    http_tokens: Vec<String>,
 }
 
 impl Drop for ChallengeGuard<'_> {
     fn drop(&mut self) {
-        if let Some(sni) = &self.sni {
+        for sni in &self.sni {
             self.resolver.remove_challenge(sni);
+        }
+        for token in &self.http_tokens {
+            self.tokens.remove(token);
         }
     }
 }
 
 /// Runs one order to the end: account, order, `tls-alpn-01` answered
-/// through `resolver`, a new key and its CSR, the chain. Stores the key
-/// and chain in the data dir. The resolver's current certificate is not
-/// touched (the caller sets it), so the old one serves until then.
-pub async fn obtain(settings: &AcmeSettings, resolver: &CertResolver) -> Result<Issued, AcmeError> {
+/// through `resolver` (or `http-01` through `tokens`), a new key and its
+/// CSR, the chain. Stores the key and chain in the data dir. The
+/// resolver's current certificate is not touched (the caller sets it), so
+/// the old one serves until then.
+pub async fn obtain(
+    settings: &AcmeSettings,
+    resolver: &CertResolver,
+    tokens: &Http01Tokens,
+) -> Result<Issued, AcmeError> {
     let host = settings.host.clone();
-    match tokio::time::timeout(ORDER_TIMEOUT, order(settings, resolver)).await {
+    match tokio::time::timeout(ORDER_TIMEOUT, order(settings, resolver, tokens)).await {
         Ok(result) => result,
         Err(_) => Err(AcmeError::TimedOut { host }),
     }
 }
 
-async fn order(settings: &AcmeSettings, resolver: &CertResolver) -> Result<Issued, AcmeError> {
+async fn order(
+    settings: &AcmeSettings,
+    resolver: &CertResolver,
+    tokens: &Http01Tokens,
+) -> Result<Issued, AcmeError> {
     std::fs::create_dir_all(&settings.dir).map_err(|source| AcmeError::Write {
         path: settings.dir.clone(),
         source,
     })?;
     let account = account(settings).await?;
-    match order_with(settings, resolver, &account).await {
+    match order_with(settings, resolver, tokens, &account).await {
         Err(AcmeError::Protocol {
             unknown_account: true,
             ..
@@ -459,6 +543,7 @@ async fn order(settings: &AcmeSettings, resolver: &CertResolver) -> Result<Issue
 async fn order_with(
     settings: &AcmeSettings,
     resolver: &CertResolver,
+    tokens: &Http01Tokens,
     account: &Account,
 ) -> Result<Issued, AcmeError> {
     let identifiers = [settings.identifier()];
@@ -480,7 +565,14 @@ async fn order_with(
         .map_err(settings.protocol("new order"))?;
     let mut guard = ChallengeGuard {
         resolver,
-        sni: None,
+        tokens,
+        sni: vec![],
+        http_tokens: vec![],
+    };
+    let (kind, name) = if settings.http01 {
+        (ChallengeType::Http01, "http-01")
+    } else {
+        (ChallengeType::TlsAlpn01, "tls-alpn-01")
     };
     {
         let mut authorizations = order.authorizations();
@@ -498,14 +590,21 @@ async fn order_with(
             }
             let mut challenge =
                 authz
-                    .challenge(ChallengeType::TlsAlpn01)
-                    .ok_or_else(|| AcmeError::NoTlsAlpn {
+                    .challenge(kind.clone())
+                    .ok_or_else(|| AcmeError::NoChallenge {
+                        kind: name,
                         host: settings.host.clone(),
                     })?;
-            let digest = challenge.key_authorization().digest();
-            let sni = challenge_sni(&settings.host);
-            resolver.add_challenge(&sni, challenge_cert(&settings.host, digest.as_ref())?);
-            guard.sni = Some(sni);
+            let key_authorization = challenge.key_authorization();
+            if settings.http01 {
+                tokens.add(&challenge.token, key_authorization.as_str());
+                guard.http_tokens.push(challenge.token.clone());
+            } else {
+                let sni = challenge_sni(&settings.host);
+                let digest = key_authorization.digest();
+                resolver.add_challenge(&sni, challenge_cert(&settings.host, digest.as_ref())?);
+                guard.sni.push(sni);
+            }
             challenge
                 .set_ready()
                 .await
@@ -618,6 +717,7 @@ mod tests {
             host: "203.0.113.7".into(),
             profile: String::new(),
             dir: PathBuf::from("acme"),
+            http01: false,
         };
         assert_eq!(s.wanted_profile(), Some(IP_PROFILE));
         assert!(matches!(s.identifier(), Identifier::Ip(_)));

@@ -269,6 +269,9 @@ pub struct AcmeConfig {
     pub contact: Vec<String>,
     /// ACME profile; empty = "shortlived" for an IP address, none for a name.
     pub profile: String,
+    /// HOST:PORT to answer `http-01` on (port 80 for a public CA); empty =
+    /// `tls-alpn-01` on the websocket port.
+    pub http_listen: String,
 }
 
 impl Default for AcmeConfig {
@@ -279,6 +282,7 @@ impl Default for AcmeConfig {
             ca_file: PathBuf::new(),
             contact: vec![],
             profile: String::new(),
+            http_listen: String::new(),
         }
     }
 }

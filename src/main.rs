@@ -33,7 +33,8 @@ struct Cli {
 enum Command {
     /// Run the server: websocket for Tool Db peers, HTTP /health and /peers;
     /// announces itself and finds the other servers of its topic on the DHT.
-    Serve(ServeArgs),
+    // Boxed: the server has many more flags than the client commands.
+    Serve(Box<ServeArgs>),
     /// Client: sign and write VALUE (JSON, or else a string) under KEY; prints the record.
     Put(PutArgs),
     /// Client: read KEY from the servers, verified; prints the winning record or null.
@@ -191,6 +192,10 @@ struct ServeArgs {
     /// An extra PEM root CA to trust for the ACME directory's HTTPS.
     #[arg(long, value_name = "FILE")]
     acme_ca_file: Option<PathBuf>,
+    /// Answer ACME http-01 validation on HOST:PORT (the CA connects to
+    /// port 80) instead of tls-alpn-01 on the websocket port.
+    #[arg(long, value_name = "HOST:PORT")]
+    acme_http_listen: Option<String>,
     /// A contact e-mail address for the ACME account; repeatable.
     #[arg(long = "acme-contact", value_name = "EMAIL")]
     acme_contact: Vec<String>,
@@ -261,6 +266,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.acme_ca_file {
             c.acme.ca_file = v.clone();
+        }
+        if let Some(v) = &self.acme_http_listen {
+            c.acme.http_listen = v.clone();
         }
         if !self.acme_contact.is_empty() {
             c.acme.contact = self.acme_contact.clone();

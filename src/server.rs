@@ -62,6 +62,11 @@ pub enum StartError {
     DialTrust(#[from] crate::transport::TrustError),
     #[error("--acme and --tls-cert/--tls-key (or [acme] enabled and [tls] files) exclude each other: choose one source of certificates")]
     AcmeAndFiles,
+    #[error("cannot listen for ACME http-01 on {addr}: {source}")]
+    Http01 {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("bad --tracker: {0}")]
     BadTracker(#[from] crate::tracker::TrackerError),
 }
@@ -80,6 +85,8 @@ pub struct Node {
     pub lan: Option<Addr<LanChannel>>,
     /// Kept so the supervisor keeps the ACME issuer running.
     pub acme: Option<Addr<crate::actors::acme::AcmeIssuer>>,
+    /// The ACME http-01 listener, when configured.
+    acme_http: Option<actix_web::dev::ServerHandle>,
     /// One per tracker, kept so their supervisors keep them running.
     pub trackers: Vec<Addr<TrackerChannel>>,
     pub http: actix_web::dev::ServerHandle,
@@ -104,6 +111,9 @@ impl Node {
         if let Some(m) = &self.metrics_http {
             m.stop(true).await;
         }
+        if let Some(h) = &self.acme_http {
+            h.stop(true).await;
+        }
         match self.storage.send(FlushStorage).await {
             Ok(Ok(())) => tracing::info!("storage flushed; stopped"),
             Ok(Err(e)) => tracing::error!(error = %e, "final flush failed"),
@@ -120,6 +130,7 @@ impl Node {
             http: self.http.clone(),
             topic: self.topic.clone(),
             metrics_http: self.metrics_http.clone(),
+            acme_http: self.acme_http.clone(),
         }
     }
 }
@@ -134,6 +145,7 @@ pub struct Stopper {
     http: actix_web::dev::ServerHandle,
     topic: String,
     metrics_http: Option<actix_web::dev::ServerHandle>,
+    acme_http: Option<actix_web::dev::ServerHandle>,
 }
 
 impl Stopper {
@@ -157,6 +169,9 @@ impl Stopper {
         self.http.stop(true).await;
         if let Some(m) = &self.metrics_http {
             m.stop(true).await;
+        }
+        if let Some(h) = &self.acme_http {
+            h.stop(true).await;
         }
     }
 }
@@ -289,10 +304,27 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
                 }
                 None => crate::tls::CertResolver::empty(),
             });
-            let issuer =
-                crate::actors::acme::AcmeIssuer::new(settings, resolver.clone(), stored.as_ref());
+            let tokens = crate::acme::Http01Tokens::default();
+            // Bound now, so a taken port 80 stops the start with its reason.
+            let http01 = if settings.http01 {
+                let addr = config.acme.http_listen.trim();
+                let listener = TcpListener::bind(addr).map_err(|source| StartError::Http01 {
+                    addr: addr.to_owned(),
+                    source,
+                })?;
+                Some((listener, tokens.clone()))
+            } else {
+                None
+            };
+            let issuer = crate::actors::acme::AcmeIssuer::new(
+                settings,
+                resolver.clone(),
+                tokens,
+                stored.as_ref(),
+            );
             Some(TlsSource::Acme(
                 issuer,
+                http01,
                 crate::tls::server_config(resolver, true)?,
             ))
         }
@@ -498,6 +530,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
     .client_disconnect_timeout(Duration::from_secs(config.limits.write_timeout_secs));
     let tls_on = tls.is_some();
     let mut acme = None;
+    let mut acme_http = None;
     let server = match tls {
         Some(TlsSource::Files(watcher, server_config)) => {
             let server = server
@@ -507,10 +540,18 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
             watcher.start().map_err(StartError::TlsWatcher)?;
             server
         }
-        Some(TlsSource::Acme(issuer, server_config)) => {
+        Some(TlsSource::Acme(issuer, http01, server_config)) => {
             let server = server
                 .listen_rustls_0_23(listener, server_config)
                 .map_err(StartError::Listen)?;
+            if let Some((listener, tokens)) = http01 {
+                let addr = listener.local_addr().map_err(StartError::Listen)?;
+                let http =
+                    crate::acme::serve_http01(listener, tokens).map_err(StartError::Listen)?;
+                acme_http = Some(http.handle());
+                actix_rt::spawn(http);
+                tracing::info!(%addr, "answering ACME http-01 validation");
+            }
             // After the listener: the CA's validation connects to it.
             acme = Some(crate::actors::acme::AcmeIssuer::supervised(issuer));
             server
@@ -550,6 +591,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         dht,
         lan,
         acme,
+        acme_http,
         trackers,
         http: server.handle(),
         server: Some(server),
@@ -564,8 +606,13 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
 enum TlsSource {
     /// Files, reloaded by the watcher.
     Files(crate::tls::Watcher, rustls::ServerConfig),
-    /// ACME: the issuer (not started) feeds the configuration's resolver.
-    Acme(crate::actors::acme::AcmeIssuer, rustls::ServerConfig),
+    /// ACME: the issuer (not started) feeds the configuration's resolver;
+    /// the http-01 listener and its answers when configured.
+    Acme(
+        crate::actors::acme::AcmeIssuer,
+        Option<(TcpListener, crate::acme::Http01Tokens)>,
+        rustls::ServerConfig,
+    ),
 }
 
 /// The ACME settings: the identifier is the host our record names.
@@ -582,6 +629,7 @@ pub fn acme_settings(config: &Config) -> crate::acme::AcmeSettings {
         host,
         profile: config.acme.profile.clone(),
         dir: config.data_dir.join(crate::acme::ACME_DIR),
+        http01: !config.acme.http_listen.trim().is_empty(),
     }
 }
 

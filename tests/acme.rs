@@ -32,25 +32,27 @@ struct Pebble {
     /// The directory's port.
     port: u16,
     management: u16,
-    /// The port validations connect to (the node's).
+    /// The ports validations connect to: tls-alpn-01 (the node's) and http-01.
     tls_port: u16,
+    http_port: u16,
     validity_secs: u64,
 }
 
 impl Pebble {
     /// Starts Pebble on free ports; `tls_port` is the node's port.
     fn start(dir: &Path, ca: &Ca, tls_port: u16, validity_secs: u64) -> Pebble {
-        Self::start_on(dir, ca, free_port(), free_port(), tls_port, validity_secs)
+        let http_port = free_port();
+        Self::start_on(
+            dir,
+            ca,
+            [free_port(), free_port(), tls_port, http_port],
+            validity_secs,
+        )
     }
 
-    fn start_on(
-        dir: &Path,
-        ca: &Ca,
-        port: u16,
-        management: u16,
-        tls_port: u16,
-        validity_secs: u64,
-    ) -> Pebble {
+    /// `ports`: the directory, management, tls-alpn-01 and http-01 ports.
+    fn start_on(dir: &Path, ca: &Ca, ports: [u16; 4], validity_secs: u64) -> Pebble {
+        let [port, management, tls_port, http_port] = ports;
         assert!(
             Path::new(PEBBLE).exists(),
             "{PEBBLE} is missing: apt-get install pebble (.ci/run does)"
@@ -64,7 +66,7 @@ impl Pebble {
             "managementListenAddress": format!("127.0.0.1:{management}"),
             "certificate": dir.join("cert.pem"),
             "privateKey": dir.join("key.pem"),
-            "httpPort": free_port(),
+            "httpPort": http_port,
             "tlsPort": tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
@@ -97,6 +99,7 @@ impl Pebble {
             port,
             management,
             tls_port,
+            http_port,
             validity_secs,
         };
         wait_for("Pebble's directory", Duration::from_secs(20), || {
@@ -125,14 +128,8 @@ impl Pebble {
     /// root, and no memory of accounts).
     fn restart(mut self, ca: &Ca) -> Pebble {
         self.stop();
-        Pebble::start_on(
-            &self.dir.clone(),
-            ca,
-            self.port,
-            self.management,
-            self.tls_port,
-            self.validity_secs,
-        )
+        let ports = [self.port, self.management, self.tls_port, self.http_port];
+        Pebble::start_on(&self.dir.clone(), ca, ports, self.validity_secs)
     }
 
     fn stop(&mut self) {
@@ -293,7 +290,8 @@ fn a_failed_renewal_keeps_the_old_certificate_and_is_retried_with_backoff() {
     );
     assert!(log.contains(&format!("127.0.0.1:{pebble_port}")), "{log}");
 
-    let pebble = Pebble::start_on(&s.pebble_dir(), &s.ca, pebble_port, management, s.port, 20);
+    let ports = [pebble_port, management, s.port, free_port()];
+    let pebble = Pebble::start_on(&s.pebble_dir(), &s.ca, ports, 20);
     let trust = pebble.root_trust();
     let first = wait_cert(&node, &trust, "a certificate once the directory is up");
 
@@ -313,6 +311,31 @@ fn a_failed_renewal_keeps_the_old_certificate_and_is_retried_with_backoff() {
     let trust = pebble.root_trust();
     let renewed = wait_cert(&node, &trust, "a certificate from the new Pebble");
     assert_ne!(renewed, first);
+}
+
+/// With --acme-http-listen the node answers http-01 there (port 80 for a
+/// public CA) instead of tls-alpn-01, and still serves the certificate on
+/// its TLS port.
+#[test]
+fn http_01_is_answered_on_the_given_listener() {
+    let s = Setup::new();
+    let http_port = free_port();
+    let ports = [free_port(), free_port(), s.port, http_port];
+    let pebble = Pebble::start_on(&s.pebble_dir(), &s.ca, ports, 3600);
+    let mut flags = acme_flags(&pebble.directory(), &s.ca_file);
+    flags.extend([
+        "--acme-http-listen".into(),
+        format!("127.0.0.1:{http_port}"),
+    ]);
+    let node = spawn_node(&s.data(), s.port, &flags);
+    let trust = pebble.root_trust();
+    wait_cert(&node, &trust, "a certificate validated over http-01");
+    let log = node.log();
+    assert!(log.contains("answering ACME http-01 validation"), "{log}");
+    assert!(log.contains("challenge=\"http-01\""), "{log}");
+    // Anything but a pending token is a 404 there.
+    let (status, _) = common::http_get(http_port, "/.well-known/acme-challenge/nope").unwrap();
+    assert_eq!(status, 404);
 }
 
 /// A raw Tool Db peer over wss trusting `trust`.

@@ -8,7 +8,8 @@
 //! certificate in hand is due for renewal, and the failures since the last
 //! success. It handles no messages: a timer runs an order when none is in
 //! hand or the one in hand is at half its lifetime; the order answers
-//! `tls-alpn-01` through the resolver. A new certificate is handed to the
+//! `tls-alpn-01` through the resolver (or `http-01` through the tokens
+//! the `--acme-http-listen` listener serves). A new certificate is handed to the
 //! resolver only once it is in hand and stored, so the old one serves new
 //! handshakes until then and open connections are never touched.
 //!
@@ -23,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 use rand::Rng;
 
-use crate::acme::{AcmeSettings, Issued};
+use crate::acme::{AcmeSettings, Http01Tokens, Issued};
 use crate::tls::CertResolver;
 
 /// First retry after a failed order; doubles up to `RETRY_MAX`.
@@ -35,6 +36,8 @@ pub const RETRY_MAX: Duration = Duration::from_secs(60 * 60);
 pub struct AcmeIssuer {
     settings: AcmeSettings,
     resolver: Arc<CertResolver>,
+    /// The `http-01` answers the `--acme-http-listen` listener serves.
+    tokens: Http01Tokens,
     /// When the certificate in hand is renewed; None: none in hand.
     renew_at: Option<SystemTime>,
     not_after: Option<SystemTime>,
@@ -46,11 +49,13 @@ impl AcmeIssuer {
     pub fn new(
         settings: AcmeSettings,
         resolver: Arc<CertResolver>,
+        tokens: Http01Tokens,
         stored: Option<&Issued>,
     ) -> AcmeIssuer {
         AcmeIssuer {
             settings,
             resolver,
+            tokens,
             renew_at: stored.map(|s| s.renew_at),
             not_after: stored.map(|s| s.not_after),
             failures: 0,
@@ -77,13 +82,15 @@ impl AcmeIssuer {
     fn run_order(&mut self, ctx: &mut Context<Self>) {
         let settings = self.settings.clone();
         let resolver = self.resolver.clone();
+        let tokens = self.tokens.clone();
         tracing::info!(
             host = %settings.host,
             directory = %settings.directory,
             renewal = self.renew_at.is_some(),
+            challenge = if settings.http01 { "http-01" } else { "tls-alpn-01" },
             "ACME: ordering a certificate"
         );
-        let order = async move { crate::acme::obtain(&settings, &resolver).await };
+        let order = async move { crate::acme::obtain(&settings, &resolver, &tokens).await };
         ctx.spawn(order.into_actor(self).map(|result, act, ctx| match result {
             Ok(issued) => {
                 let valid_secs = issued
