@@ -66,7 +66,7 @@ struct ClientArgs {
     /// found too, unless --no-lan.
     #[arg(long = "dht-bootstrap", value_name = "HOST:PORT")]
     dht_bootstrap: Vec<String>,
-    /// A server (HOST:PORT); repeatable.
+    /// A server (HOST:PORT, or ws:// / wss://HOST:PORT); repeatable.
     #[arg(long = "peer", value_name = "HOST:PORT")]
     peers: Vec<String>,
     /// The key that signs records, created if missing (default: a new key
@@ -85,6 +85,11 @@ struct ClientArgs {
     /// Do not look for servers on the LAN (mDNS).
     #[arg(long)]
     no_lan: bool,
+    /// An extra PEM root CA to trust for wss servers (besides the webpki
+    /// roots); a server is dialed with wss:// for `--peer wss://HOST:PORT`,
+    /// port 443, or when ws:// is refused.
+    #[arg(long, value_name = "FILE")]
+    tls_ca_file: Option<PathBuf>,
     /// A WebTorrent websocket tracker (ws:// or wss://) to find servers
     /// on, by topic (and by --server-name); repeatable. With it and no
     /// --dht-bootstrap, the public DHT is not searched.
@@ -366,6 +371,9 @@ where
         "--timeout must be a positive number of seconds"
     );
     let timeout = Duration::from_secs_f64(args.timeout);
+    if let Some(ca) = &args.tls_ca_file {
+        tooldb_node::transport::trust_extra_roots(std::slice::from_ref(ca))?;
+    }
     let mut b = Client::builder()
         .topic(args.topic)
         .peers(args.peers.iter().cloned())

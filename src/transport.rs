@@ -28,6 +28,15 @@ pub struct DialError {
     pub reason: String,
 }
 
+impl DialError {
+    /// The server's TLS certificate was refused (a configuration problem
+    /// worth a warning: a missing --tls-ca-file, a wrong name, expiry),
+    /// as rustls words it.
+    pub fn certificate_refused(&self) -> bool {
+        self.reason.contains("invalid peer certificate")
+    }
+}
+
 /// Most endpoints whose scheme is remembered; the memory is cleared when
 /// full (it is relearned at the next dials).
 pub const MAX_REMEMBERED_SCHEMES: usize = 4096;

@@ -338,6 +338,57 @@ fn a_server_dials_a_tls_server_over_wss_and_verifies_its_certificate() {
     assert!(!common::connected_to(&untrusting, &a_id));
 }
 
+/// Runs a client command with `--no-lan`: (success, stdout, stderr).
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
+        .args(args)
+        .arg("--no-lan")
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Our CLI client puts and gets over wss: with `--tls-ca-file` it reaches
+/// a TLS node given as `wss://HOST:PORT` or as a bare HOST:PORT; without
+/// the CA it fails and says the certificate is why.
+#[test]
+fn the_cli_client_puts_and_gets_over_wss() {
+    let ca = Ca::new();
+    let config = ca.client_config();
+    let files = Files::new(&ca.leaf());
+    let ca_file = files.cert.with_file_name("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let node = start_tls_node(&files, &config);
+    let ca_path = path_str(&ca_file);
+    let wss = format!("wss://127.0.0.1:{}", node.port);
+    let bare = format!("127.0.0.1:{}", node.port);
+
+    let (ok, out, err) = cli(&[
+        "put",
+        "cli-wss",
+        "\"over wss\"",
+        "--peer",
+        &wss,
+        "--tls-ca-file",
+        &ca_path,
+    ]);
+    assert!(ok, "{err}");
+    let put: Value = serde_json::from_str(&out).unwrap();
+    let (ok, out, err) = cli(&["get", "cli-wss", "--peer", &bare, "--tls-ca-file", &ca_path]);
+    assert!(ok, "{err}");
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got, put);
+    assert_eq!(got["v"], json!("over wss"));
+
+    let (ok, _, err) = cli(&["get", "cli-wss", "--peer", &wss, "--timeout", "3"]);
+    assert!(!ok, "a get without the CA succeeded");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
+
 /// Runs `serve` with `extra` flags, expecting it to fail: its stderr.
 fn serve_fails(extra: &[String]) -> String {
     let tmp = tempfile::tempdir().unwrap();

@@ -132,7 +132,12 @@ impl PeerConnection {
                     }
                     Err(e) => {
                         act.services.metrics.dial_failures.inc(DialFailure::Connect);
-                        tracing::info!(peer = %act.target, error = %e, failures = act.failures + 1, "dial failed");
+                        if e.certificate_refused() {
+                            // Configuration, not churn: say it louder.
+                            tracing::warn!(peer = %act.target, error = %e, failures = act.failures + 1, "dial failed: the server's TLS certificate is not trusted (--tls-ca-file?)");
+                        } else {
+                            tracing::info!(peer = %act.target, error = %e, failures = act.failures + 1, "dial failed");
+                        }
                         ctx.stop();
                     }
                 }),

@@ -169,8 +169,11 @@ impl Actor for PeerRegistry {
                         }
                         let now = Instant::now();
                         for p in peers {
-                            let actions =
-                                act.found(Endpoint::new(p.host.clone(), p.port), Source::Book, now);
+                            let endpoint = Endpoint::new(p.host.clone(), p.port);
+                            if p.ssl {
+                                crate::transport::remember_scheme(&endpoint, true);
+                            }
+                            let actions = act.found(endpoint, Source::Book, now);
                             act.apply(actions, ctx);
                         }
                     }

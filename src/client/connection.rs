@@ -207,6 +207,10 @@ impl Actor for ServerConnection {
                 ctx.add_stream(stream);
                 act.send_ping();
             }
+            Err(e) if e.certificate_refused() => {
+                tracing::warn!(server = %act.endpoint, error = %e, "dial failed: the server's TLS certificate is not trusted (--tls-ca-file?)");
+                ctx.stop();
+            }
             Err(e) => {
                 tracing::debug!(server = %act.endpoint, error = %e, "dial failed");
                 ctx.stop();

@@ -263,7 +263,11 @@ impl ClientBuilder {
     pub fn start(self) -> Result<Client, ClientError> {
         let mut endpoints = Vec::new();
         for p in &self.peers {
-            endpoints.push(Endpoint::parse(p).map_err(|_| ClientError::BadPeer(p.clone()))?);
+            let endpoint = Endpoint::parse(p).map_err(|_| ClientError::BadPeer(p.clone()))?;
+            if p.trim().starts_with("wss://") {
+                crate::transport::remember_scheme(&endpoint, true);
+            }
+            endpoints.push(endpoint);
         }
         let key = match self.identity {
             Identity::Generate => Arc::new(NodeKey::generate(self.scheme)),
