@@ -268,19 +268,6 @@ pub fn renewal_due(
     now + (left / 2).max(MIN_RENEW_WAIT)
 }
 
-/// The leaf's validity window.
-fn validity(leaf: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| e.to_string())?;
-    let at = |t: x509_parser::time::ASN1Time| {
-        let secs = u64::try_from(t.timestamp()).unwrap_or(0);
-        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
-    };
-    Ok((
-        at(cert.validity().not_before),
-        at(cert.validity().not_after),
-    ))
-}
-
 /// Whether the leaf names `host` (an IP SAN or a DNS SAN).
 fn names_host(leaf: &CertificateDer<'_>, host: &str) -> bool {
     use x509_parser::extensions::GeneralName;
@@ -321,7 +308,7 @@ pub fn load_stored(settings: &AcmeSettings) -> Option<Issued> {
         tracing::info!(host = %settings.host, "the stored ACME certificate names another host; ordering a new one");
         return None;
     }
-    let (not_before, not_after) = validity(&leaf).ok()?;
+    let (not_before, not_after) = crate::tls::leaf_validity(&leaf).ok()?;
     let now = SystemTime::now();
     if not_after <= now {
         tracing::info!("the stored ACME certificate has expired; ordering a new one");
@@ -654,7 +641,7 @@ async fn order_with(
         .cert
         .first()
         .ok_or_else(|| AcmeError::Issued("an empty chain".into()))?;
-    let (not_before, not_after) = validity(leaf).map_err(AcmeError::Issued)?;
+    let (not_before, not_after) = crate::tls::leaf_validity(leaf).map_err(AcmeError::Issued)?;
     // Key first: a crash between the two leaves a pair that does not
     // match, which the next start treats as no certificate.
     write_atomic(&key_path, key_pem.as_bytes(), true)?;

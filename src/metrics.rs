@@ -391,6 +391,11 @@ pub struct Metrics {
     pub anti_entropy_rounds: Counter,
     pub anti_entropy_records: Counter,
     pub storage_bytes: Gauge,
+    /// When the certificate new TLS handshakes get expires (Unix seconds;
+    /// 0 = none: plain ws, or ACME before its first certificate).
+    pub tls_certificate_expiry: Gauge,
+    pub acme_certificates_issued: Counter,
+    pub acme_order_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -516,6 +521,23 @@ impl Metrics {
             Unit::Bytes,
             storage_bytes.clone(),
         );
+        let tls_certificate_expiry = Gauge::default();
+        r.register_with_unit(
+            "tls_certificate_expiry_timestamp",
+            "When the served TLS certificate expires, Unix time (0: none)",
+            Unit::Seconds,
+            tls_certificate_expiry.clone(),
+        );
+        let acme_certificates_issued = counter(
+            r,
+            "acme_certificates_issued",
+            "Certificates obtained over ACME (first and renewals)",
+        );
+        let acme_order_failures = counter(
+            r,
+            "acme_order_failures",
+            "ACME orders that failed (each is retried with backoff)",
+        );
         Metrics {
             registry: root,
             connections,
@@ -541,6 +563,9 @@ impl Metrics {
             anti_entropy_rounds,
             anti_entropy_records,
             storage_bytes,
+            tls_certificate_expiry,
+            acme_certificates_issued,
+            acme_order_failures,
         }
     }
 

@@ -288,7 +288,8 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
     let tls = match (config.tls.files()?, config.acme.enabled) {
         (Some(_), true) => return Err(StartError::AcmeAndFiles),
         (Some(files), false) => {
-            let (resolver, watcher) = crate::tls::load_watched(files)?;
+            let (resolver, watcher) =
+                crate::tls::load_watched(files, metrics.tls_certificate_expiry.clone())?;
             Some(TlsSource::Files(
                 watcher,
                 crate::tls::server_config(resolver, false)?,
@@ -297,13 +298,15 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         (None, true) => {
             let settings = acme_settings(&config);
             let stored = crate::acme::load_stored(&settings);
-            let resolver = Arc::new(match &stored {
+            let resolver = match &stored {
                 Some(issued) => {
                     tracing::info!(host = %settings.host, "serving the ACME certificate from the data dir");
                     crate::tls::CertResolver::new(issued.key.clone())
                 }
                 None => crate::tls::CertResolver::empty(),
-            });
+            };
+            let resolver =
+                Arc::new(resolver.with_expiry_gauge(metrics.tls_certificate_expiry.clone()));
             let tokens = crate::acme::Http01Tokens::default();
             // Bound now, so a taken port 80 stops the start with its reason.
             let http01 = if settings.http01 {
@@ -321,7 +324,8 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
                 resolver.clone(),
                 tokens,
                 stored.as_ref(),
-            );
+            )
+            .with_metrics(metrics.clone());
             Some(TlsSource::Acme(
                 issuer,
                 http01,

@@ -214,6 +214,21 @@ pub fn certified_key(
 pub struct CertResolver {
     current: RwLock<Option<Arc<CertifiedKey>>>,
     challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// Set to the current certificate's expiry (Unix seconds).
+    expiry: Option<prometheus_client::metrics::gauge::Gauge>,
+}
+
+/// The leaf's validity window (notBefore, notAfter).
+pub fn leaf_validity(leaf: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| e.to_string())?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        let secs = u64::try_from(t.timestamp()).unwrap_or(0);
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    };
+    Ok((
+        at(cert.validity().not_before),
+        at(cert.validity().not_after),
+    ))
 }
 
 impl CertResolver {
@@ -221,7 +236,28 @@ impl CertResolver {
         CertResolver {
             current: RwLock::new(Some(Arc::new(key))),
             challenges: RwLock::default(),
+            expiry: None,
         }
+    }
+
+    /// Keeps `gauge` at the current certificate's expiry from now on.
+    pub fn with_expiry_gauge(mut self, gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        self.expiry = Some(gauge);
+        if let Some(key) = self.current() {
+            self.record_expiry(&key);
+        }
+        self
+    }
+
+    fn record_expiry(&self, key: &CertifiedKey) {
+        let Some(gauge) = &self.expiry else { return };
+        let not_after = key
+            .cert
+            .first()
+            .and_then(|leaf| leaf_validity(leaf).ok())
+            .and_then(|(_, t)| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        gauge.set(not_after);
     }
 
     /// A resolver with no certificate yet: handshakes fail (except
@@ -232,6 +268,7 @@ impl CertResolver {
 
     /// New handshakes use `key` from now on.
     pub fn set(&self, key: CertifiedKey) {
+        self.record_expiry(&key);
         let key = Arc::new(key);
         // A poisoned lock still holds a whole value: replace it.
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
@@ -372,12 +409,16 @@ pub struct Watcher {
     reloader: Reloader,
 }
 
-/// Loads `files` (an error if they are unusable) into a new resolver, and
+/// Loads `files` (an error if they are unusable) into a new resolver
+/// that keeps `expiry` at its certificate's expiry, and
 /// returns it with the watcher that will keep it current (not started).
-pub fn load_watched(files: CertFiles) -> Result<(Arc<CertResolver>, Watcher), TlsError> {
+pub fn load_watched(
+    files: CertFiles,
+    expiry: prometheus_client::metrics::gauge::Gauge,
+) -> Result<(Arc<CertResolver>, Watcher), TlsError> {
     // Stamped before reading: a change during the read is loaded again.
     let before = stamp(&files);
-    let resolver = Arc::new(CertResolver::new(files.load()?));
+    let resolver = Arc::new(CertResolver::new(files.load()?).with_expiry_gauge(expiry));
     let watcher = Watcher {
         files,
         resolver: Arc::downgrade(&resolver),

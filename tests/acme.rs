@@ -206,11 +206,13 @@ fn a_certificate_is_obtained_served_without_sni_and_renewed_at_half_its_lifetime
     let s = Setup::new();
     // 30 s certificates: renewed about 15 s after issuance.
     let pebble = Pebble::start(&s.pebble_dir(), &s.ca, s.port, 30);
-    let node = spawn_node(
-        &s.data(),
-        s.port,
-        &acme_flags(&pebble.directory(), &s.ca_file),
-    );
+    let metrics_port = free_port();
+    let mut flags = acme_flags(&pebble.directory(), &s.ca_file);
+    flags.extend([
+        "--metrics-listen".into(),
+        format!("127.0.0.1:{metrics_port}"),
+    ]);
+    let node = spawn_node(&s.data(), s.port, &flags);
     let trust = pebble.root_trust();
     let first = wait_cert(&node, &trust, "the node to serve a certificate from Pebble");
 
@@ -226,6 +228,15 @@ fn a_certificate_is_obtained_served_without_sni_and_renewed_at_half_its_lifetime
     let stored = s.data().join("acme");
     assert!(stored.join("cert.pem").exists() && stored.join("key.pem").exists());
     assert!(stored.join("account.json").exists());
+
+    // The expiry an operator alerts on: about 30 s ahead.
+    let expiry = metric(
+        metrics_port,
+        "tooldb_tls_certificate_expiry_timestamp_seconds",
+    );
+    let now = tooldb_node::record::now_ms() as f64 / 1000.0;
+    assert!(expiry > now && expiry < now + 60.0, "{expiry} vs {now}");
+    assert!(metric(metrics_port, "tooldb_acme_certificates_issued_total") >= 1.0);
 
     let second = wait_for(
         "a renewed certificate for new handshakes",
@@ -336,6 +347,15 @@ fn http_01_is_answered_on_the_given_listener() {
     // Anything but a pending token is a 404 there.
     let (status, _) = common::http_get(http_port, "/.well-known/acme-challenge/nope").unwrap();
     assert_eq!(status, 404);
+}
+
+/// One sample's value from the node's /metrics.
+fn metric(port: u16, name: &str) -> f64 {
+    let (status, body) = common::http_get(port, "/metrics").expect("/metrics answers");
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
 }
 
 /// A raw Tool Db peer over wss trusting `trust`.

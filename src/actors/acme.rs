@@ -42,6 +42,7 @@ pub struct AcmeIssuer {
     renew_at: Option<SystemTime>,
     not_after: Option<SystemTime>,
     failures: u32,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl AcmeIssuer {
@@ -59,7 +60,14 @@ impl AcmeIssuer {
             renew_at: stored.map(|s| s.renew_at),
             not_after: stored.map(|s| s.not_after),
             failures: 0,
+            metrics: None,
         }
+    }
+
+    /// Counts issued certificates and failed orders into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Starts the issuer under `actix::Supervisor` on the current arbiter.
@@ -107,6 +115,9 @@ impl AcmeIssuer {
                 act.renew_at = Some(issued.renew_at);
                 act.not_after = Some(issued.not_after);
                 act.failures = 0;
+                if let Some(m) = &act.metrics {
+                    m.acme_certificates_issued.inc();
+                }
                 tracing::info!(
                     host = %act.settings.host,
                     valid_secs,
@@ -117,6 +128,9 @@ impl AcmeIssuer {
             }
             Err(e) => {
                 act.failures = act.failures.saturating_add(1);
+                if let Some(m) = &act.metrics {
+                    m.acme_order_failures.inc();
+                }
                 let retry_in_secs = act.next_wait().as_secs();
                 let now = SystemTime::now();
                 let kept = act.not_after.is_some_and(|t| t > now);
