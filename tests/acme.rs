@@ -262,6 +262,7 @@ fn a_certificate_is_obtained_served_without_sni_and_renewed_at_half_its_lifetime
     assert!(validated >= 2, "{}", pebble.log());
 }
 
+/// Also: the real npm tool-db client over wss on the ACME certificate.
 #[test]
 fn a_restarted_node_serves_its_stored_certificate_without_a_new_order() {
     let s = Setup::new();
@@ -281,6 +282,20 @@ fn a_restarted_node_serves_its_stored_certificate_without_a_new_order() {
         "{log}"
     );
     assert!(!log.contains("ACME: ordering a certificate"), "{log}");
+
+    // The real npm tool-db client (Node.js sends no SNI to an IP address)
+    // trusting only Pebble's root: put and get over wss.
+    let (_, root_pem) = https_get(pebble.management, "/roots/0", &pebble.ca).unwrap();
+    let root_file = s.tmp.path().join("pebble-root.pem");
+    std::fs::write(&root_file, root_pem).unwrap();
+    let url = format!("wss://127.0.0.1:{}", node.port);
+    let r = common::scenario_env(
+        "put-get",
+        &["--server", &url],
+        &[("NODE_EXTRA_CA_CERTS", root_file.to_str().unwrap())],
+    );
+    assert_eq!(r["connected"], json!({"A": true, "B": true}), "{r}");
+    assert_eq!(r["got"], r["put"], "{r}");
 }
 
 #[test]
@@ -322,6 +337,8 @@ fn a_failed_renewal_keeps_the_old_certificate_and_is_retried_with_backoff() {
     let trust = pebble.root_trust();
     let renewed = wait_cert(&node, &trust, "a certificate from the new Pebble");
     assert_ne!(renewed, first);
+    let log = node.log();
+    assert!(log.contains("does not know our account"), "{log}");
 }
 
 /// With --acme-http-listen the node answers http-01 there (port 80 for a
