@@ -1,6 +1,7 @@
 //! The node's actors (DESIGN.md): `Hub` holds the protocol, `ClientSession`
 //! and `PeerConnection` one socket each, `Storage` and `Crypto` are
-//! `SyncArbiter` pools for the slow work.
+//! `SyncArbiter` pools for the slow work; `AcmeIssuer` (`acme`) obtains
+//! and renews the TLS certificate under `serve --acme`.
 pub mod acme;
 pub mod client_session;
 pub mod crypto;
