@@ -319,6 +319,15 @@ fn a_server_dials_a_tls_server_over_wss_and_verifies_its_certificate() {
     wait_for("B connected to A over wss", Duration::from_secs(30), || {
         common::connected_to(&b, &a_id).then_some(())
     });
+    // B's /peers says A speaks TLS (A's record, as B keeps it).
+    let servers = b.peers()["servers"].clone();
+    let listed = servers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["clientId"] == a_id)
+        .unwrap_or_else(|| panic!("A is not in B's /peers: {servers}"));
+    assert_eq!(listed["peer"]["ssl"], json!(true), "{listed}");
     let mut writer = wss_peer(a.port, &config);
     ping_put_get(&mut writer, "over-wss-link", json!("from A"));
     let (mut reader, _) = RawPeer::client(b.port);
