@@ -242,7 +242,7 @@ fn start_trackers(
     };
     let topic_name = topic_server_name(&config.topic);
     let hashes = vec![info_hash(&name), info_hash(&topic_name)];
-    let ssl = !config.tls.cert_file.as_os_str().is_empty();
+    let ssl = config.serves_tls();
     tracing::info!(
         trackers = urls.len(),
         server_name = %name,
