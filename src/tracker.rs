@@ -248,9 +248,9 @@ fn plausible_host(host: &str) -> bool {
 
 /// The endpoint an offer's `sdp` names, as the hybrid adapter dials it:
 /// `ssl` = `wss://HOST` (port 443; a `HOST:PORT` host keeps its port),
-/// else `ws://HOST:PORT`. Only `wss` on port 443 can be dialed as wss by
-/// our endpoints (`Endpoint::url`), so an `ssl` offer on another port is
-/// refused rather than dialed in the clear.
+/// else `ws://HOST:PORT`. The caller remembers an `ssl` endpoint as TLS
+/// (`transport::remember_scheme`), so it is dialed with wss first on any
+/// port.
 pub fn endpoint_of_offer(sdp: &str) -> Result<(Endpoint, ServerOffer), TrackerError> {
     let offer: ServerOffer =
         serde_json::from_str(sdp).map_err(|e| bad(format!("not a server record: {e}")))?;
@@ -261,10 +261,10 @@ pub fn endpoint_of_offer(sdp: &str) -> Result<(Endpoint, ServerOffer), TrackerEr
         match offer.host.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') => {
                 let port: u16 = p.parse().map_err(|_| bad("bad port in host"))?;
-                if port != 443 {
-                    return Err(bad("wss on a port other than 443 is not dialed"));
+                if port == 0 {
+                    return Err(bad("port 0"));
                 }
-                Endpoint::new(h, 443)
+                Endpoint::new(h, port)
             }
             Some(_) => return Err(bad("implausible host")),
             None => Endpoint::new(offer.host.clone(), 443),
@@ -393,7 +393,12 @@ mod tests {
         assert_eq!(e.url(), "wss://example.org", "ssl implies 443");
         let (e, _) = endpoint_of_offer(&sdp("example.org:443", 9000, true)).unwrap();
         assert_eq!(e.url(), "wss://example.org");
-        assert!(endpoint_of_offer(&sdp("example.org:9443", 9443, true)).is_err());
+        let (e, _) = endpoint_of_offer(&sdp("example.org:9443", 9443, true)).unwrap();
+        assert_eq!(
+            e,
+            Endpoint::new("example.org", 9443),
+            "a TLS port other than 443"
+        );
         assert!(endpoint_of_offer(&sdp("a/b", 1, false)).is_err());
         assert!(endpoint_of_offer(&sdp("", 1, false)).is_err());
         assert!(endpoint_of_offer(&sdp("h", 0, false)).is_err());

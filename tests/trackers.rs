@@ -153,7 +153,8 @@ fn a_finder_joining_as_find_server_does_reaches_the_node_with_a_ping_and_a_put_g
 
 /// A TLS node says `ssl: true`. The adapter then dials `wss://` + host
 /// (port 443 implied), so a node whose TLS port is not 443 names it in
-/// `host`: the finder dials `wss://127.0.0.1:PORT` and is served.
+/// `host`: the finder dials `wss://127.0.0.1:PORT` and is served, and so
+/// does our client.
 #[test]
 fn a_tls_node_is_offered_as_wss_with_its_port_in_host() {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
@@ -217,6 +218,24 @@ fn a_tls_node_is_offered_as_wss_with_its_port_in_host() {
     assert_eq!(r["url"], format!("wss://{host}"), "{r}");
     assert_eq!(r["signatureOk"], true, "{r}");
     assert_eq!(r["got"]["v"], "tls", "{r}");
+    // Our client, trusting the test CA, finds it by name too and dials the
+    // offered `HOST:PORT` with wss.
+    let (ok, out, err) = cli_get(
+        "over-wss",
+        20,
+        &[
+            "--tracker",
+            &tracker.url,
+            "--server-name",
+            "tls-server",
+            "--tls-ca-file",
+            ca.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let rec: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out:?}: {e}"));
+    assert_eq!(rec["v"], "tls", "{rec}");
 }
 
 #[test]

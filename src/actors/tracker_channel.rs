@@ -271,6 +271,10 @@ impl TrackerChannel {
                 match endpoint_of_offer(&sdp) {
                     Ok((endpoint, offer)) => {
                         if self.seen.admit_endpoint(&endpoint, Instant::now()) {
+                            if offer.ssl {
+                                // Dialed with wss first, whatever its port.
+                                crate::transport::remember_scheme(&endpoint, true);
+                            }
                             tracing::debug!(tracker = %self.settings.url, endpoint = %endpoint, name = %offer.name, "a server was offered");
                             // Losing one is acceptable: the server offers again.
                             found.do_send(ServersOffered {
