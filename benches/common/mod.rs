@@ -65,6 +65,9 @@ pub fn start(sync: bool) -> (Server, u16, tempfile::TempDir) {
         .arg("--data-dir")
         .arg(dir.path())
         .env("TOOLDB_STORAGE__SYNC_WRITES", sync.to_string())
+        // The idle bench's 10,000 clients plus its load pass the default
+        // cap of 10,000 websockets, a policy rather than a cost.
+        .env("TOOLDB_LIMITS__MAX_CONNECTIONS", "20000")
         .env("RUST_LOG", "warn")
         .stderr(std::process::Stdio::null())
         .spawn()
