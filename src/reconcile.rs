@@ -190,20 +190,48 @@ fn items_step(range: Range, items: &[Item]) -> Step {
     }
 }
 
+/// The ranges of a step that overlap none before them, in key order: our
+/// own steps never overlap, and answering a peer's overlapping copies of
+/// one range each would multiply the work and the reply.
+fn disjoint(ranges: &[RangeFp]) -> Vec<&RangeFp> {
+    let mut sorted: Vec<&RangeFp> = ranges.iter().collect();
+    // `None` as lo is the lowest bound.
+    sorted.sort_by(|a, b| a.range.lo.cmp(&b.range.lo));
+    let mut kept: Vec<&RangeFp> = vec![];
+    // The end of the last kept range; `Some(None)` is unbounded.
+    let mut end: Option<Option<&str>> = None;
+    for r in sorted {
+        let clear = match end {
+            None => true,
+            Some(None) => false,
+            Some(Some(hi)) => r.range.lo.as_deref().is_some_and(|lo| lo >= hi),
+        };
+        let empty = matches!((&r.range.lo, &r.range.hi), (Some(lo), Some(hi)) if lo >= hi);
+        if clear && !empty {
+            end = Some(r.range.hi.as_deref());
+            kept.push(r);
+        }
+    }
+    kept
+}
+
 /// Handles one incoming step against our own sorted items.
 pub fn respond(own: &[Item], step: &Step) -> Outcome {
     let mut out = Outcome::default();
     match step {
         Step::Ranges { ranges } => {
             let mut differing = vec![];
-            for r in ranges {
+            for r in disjoint(ranges) {
                 let mine = in_range(own, &r.range);
                 let fp = format!("{:032x}", fingerprint(mine));
                 if fp == r.fp && mine.len() == r.n {
                     continue;
                 }
-                if mine.len() <= LIST_THRESHOLD || r.n <= LIST_THRESHOLD {
-                    // Small on one side: list ours; the other side settles it.
+                // Only a small side of ours is listed: a peer claiming an
+                // empty range over a big store of ours would otherwise get
+                // every key of it in one frame. A big side of ours splits
+                // (the peer, small there, then lists its own).
+                if mine.len() <= LIST_THRESHOLD {
                     out.reply.push(items_step(r.range.clone(), mine));
                 } else {
                     differing.extend(split(&r.range, mine));
@@ -350,6 +378,51 @@ mod tests {
         let mut d = store(100, 1);
         run(&mut c, &mut d);
         assert_eq!(c, d);
+    }
+
+    #[test]
+    fn overlapping_ranges_are_answered_once() {
+        let own: Vec<Item> = (0..20).map(|i| item(&format!("k{i:03}"), 1)).collect();
+        let claim = RangeFp {
+            range: Range::all(),
+            fp: "0".repeat(32),
+            n: 0,
+        };
+        let inner = RangeFp {
+            range: Range {
+                lo: Some("k005".into()),
+                hi: Some("k010".into()),
+            },
+            ..claim.clone()
+        };
+        let step = Step::Ranges {
+            ranges: vec![claim.clone(); 100]
+                .into_iter()
+                .chain(std::iter::once(inner))
+                .collect(),
+        };
+        let out = respond(&own, &step);
+        assert_eq!(out.reply.len(), 1, "{:?}", out.reply);
+        match &out.reply[0] {
+            Step::Items { items, .. } => assert_eq!(items.len(), 20),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_claimed_empty_range_over_a_big_store_is_split_not_listed() {
+        let own: Vec<Item> = (0..50_000).map(|i| item(&format!("k{i:06}"), 1)).collect();
+        let step = Step::Ranges {
+            ranges: vec![RangeFp {
+                range: Range::all(),
+                fp: "0".repeat(32),
+                n: 0,
+            }],
+        };
+        let out = respond(&own, &step);
+        let bytes = serde_json::to_string(&out.reply).unwrap().len();
+        assert!(bytes < 10_000, "a {bytes}-byte answer to a 1-range claim");
+        assert!(matches!(&out.reply[..], [Step::Ranges { ranges }] if ranges.len() == BUCKETS));
     }
 
     #[test]
