@@ -46,6 +46,7 @@ pub struct Config {
     pub peering: Peering,
     pub storage: StorageConfig,
     pub tls: TlsConfig,
+    pub hyperswarm: HyperswarmConfig,
     pub acme: AcmeConfig,
     pub trackers: TrackersConfig,
 }
@@ -216,6 +217,37 @@ pub struct StorageConfig {
     pub cache_mib: u64,
 }
 
+/// Hyperswarm: join `sha256(topic)` on the HyperDHT too (`--hyperswarm`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HyperswarmConfig {
+    pub enabled: bool,
+    /// HyperDHT bootstrap nodes (HOST:PORT); empty = the public ones.
+    pub bootstrap: Vec<String>,
+    /// Address our HyperDHT node binds.
+    pub host: String,
+    /// UDP port of our HyperDHT node; 0 = any free port.
+    pub port: u16,
+    /// Tell peers we cannot be dialed directly (behind a NAT), so they
+    /// holepunch; off for a server whose UDP port is reachable.
+    pub firewalled: bool,
+    /// Most Hyperswarm connections at once.
+    pub max_peers: usize,
+}
+
+impl Default for HyperswarmConfig {
+    fn default() -> Self {
+        HyperswarmConfig {
+            enabled: false,
+            bootstrap: vec![],
+            host: "0.0.0.0".into(),
+            port: 0,
+            firewalled: false,
+            max_peers: 64,
+        }
+    }
+}
+
 /// TLS on the websocket port; both files or neither.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -308,6 +340,7 @@ impl Default for Config {
             peering: Peering::default(),
             storage: StorageConfig::default(),
             tls: TlsConfig::default(),
+            hyperswarm: HyperswarmConfig::default(),
             acme: AcmeConfig::default(),
             trackers: TrackersConfig::default(),
         }

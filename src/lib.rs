@@ -15,6 +15,7 @@ pub mod flow;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;
+pub mod hyperswarm;
 pub mod lan;
 pub mod log_limit;
 pub mod messages;

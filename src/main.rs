@@ -213,6 +213,14 @@ struct ServeArgs {
     /// the node's address).
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
+    /// Also join sha256(topic) on the HyperDHT (Hyperswarm, with
+    /// holepunching) and speak Tool Db over its connections.
+    #[arg(long)]
+    hyperswarm: bool,
+    /// A HyperDHT bootstrap node (HOST:PORT); repeatable. Default: the
+    /// public HyperDHT bootstrap nodes.
+    #[arg(long = "hyperswarm-bootstrap", value_name = "HOST:PORT")]
+    hyperswarm_bootstrap: Vec<String>,
 }
 
 impl ServeArgs {
@@ -285,6 +293,12 @@ impl ServeArgs {
             c.trackers.server_name = v.clone();
         }
         tooldb_node::server::tracker_urls(&c.trackers.urls)?;
+        if self.hyperswarm {
+            c.hyperswarm.enabled = true;
+        }
+        if !self.hyperswarm_bootstrap.is_empty() {
+            c.hyperswarm.bootstrap = self.hyperswarm_bootstrap.clone();
+        }
         // Checked here too, so the error names the flags before anything starts.
         c.tls.files()?;
         Ok(c)

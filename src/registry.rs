@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::backoff::backoff_delay;
-use crate::messages::hub::ConnId;
+use crate::messages::hub::{ConnId, Via};
 use crate::peer::Peer;
 
 /// `host:port` as dialed.
@@ -79,6 +79,17 @@ struct Link {
     /// client id, so closing either of two links to it makes it forget us
     /// while the other is alive: both are kept (the hub relays on one).
     resolves_duplicates: bool,
+    via: Via,
+}
+
+impl Link {
+    /// Our side opened it: our dial, or our swarm's.
+    fn dialed_by_us(&self) -> bool {
+        match self.via {
+            Via::Websocket => self.outbound,
+            Via::Hyperswarm { initiator } => initiator,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -335,6 +346,32 @@ impl RegistryState {
         resolves_duplicates: bool,
         now: Instant,
     ) -> Vec<Action> {
+        self.connected_via(
+            conn,
+            outbound,
+            endpoint,
+            peer,
+            resolves_duplicates,
+            Via::Websocket,
+            now,
+        )
+    }
+
+    /// `connected_to`, saying which transport the link came over. Of two
+    /// links to one server, a Hyperswarm link stays over a websocket one:
+    /// the swarm redials a link it lost, so closing it would only churn,
+    /// while a websocket endpoint marked an alias is not dialed again.
+    #[allow(clippy::too_many_arguments)]
+    pub fn connected_via(
+        &mut self,
+        conn: ConnId,
+        outbound: bool,
+        endpoint: Option<Endpoint>,
+        peer: Peer,
+        resolves_duplicates: bool,
+        via: Via,
+        now: Instant,
+    ) -> Vec<Action> {
         let _ = now;
         let mut actions = vec![];
         let address = peer.address.clone();
@@ -388,15 +425,23 @@ impl RegistryState {
             outbound,
             endpoint,
             resolves_duplicates,
+            via,
         });
         actions.push(Action::Remember { peer });
         if server.links.len() > 1 && server.links.iter().all(|l| l.resolves_duplicates) {
             let prefer_outbound = keep_outbound(&self.self_address, &address);
+            let hyperswarm = server.links.iter().any(|l| l.via.is_hyperswarm());
             let keep = server
                 .links
                 .iter()
-                .position(|l| l.outbound == prefer_outbound)
-                .unwrap_or(0);
+                .enumerate()
+                .filter(|(_, l)| l.via.is_hyperswarm() == hyperswarm)
+                .find(|(_, l)| l.dialed_by_us() == prefer_outbound)
+                .or_else(|| {
+                    (server.links.iter().enumerate())
+                        .find(|(_, l)| l.via.is_hyperswarm() == hyperswarm)
+                })
+                .map_or(0, |(i, _)| i);
             let kept = server.links[keep].clone();
             let extra: Vec<Link> = server
                 .links
@@ -410,16 +455,14 @@ impl RegistryState {
                 let reason = StopReason::Duplicate {
                     address: address.clone(),
                 };
-                if link.outbound {
-                    if let Some(ep) = link.endpoint {
-                        if let Some(e) = self.endpoints.get_mut(&ep) {
-                            e.state = EndpointState::Alias;
-                        }
-                        actions.push(Action::StopDialing {
-                            endpoint: ep,
-                            reason: reason.clone(),
-                        });
+                if let (true, Some(ep)) = (link.outbound, link.endpoint) {
+                    if let Some(e) = self.endpoints.get_mut(&ep) {
+                        e.state = EndpointState::Alias;
                     }
+                    actions.push(Action::StopDialing {
+                        endpoint: ep,
+                        reason: reason.clone(),
+                    });
                 } else {
                     actions.push(Action::CloseInbound {
                         conn: link.conn,

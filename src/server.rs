@@ -69,6 +69,8 @@ pub enum StartError {
     },
     #[error("bad --tracker: {0}")]
     BadTracker(#[from] crate::tracker::TrackerError),
+    #[error(transparent)]
+    Hyperswarm(crate::hyperswarm::HyperswarmError),
 }
 
 /// A running node.
@@ -89,6 +91,8 @@ pub struct Node {
     acme_http: Option<actix_web::dev::ServerHandle>,
     /// One per tracker, kept so their supervisors keep them running.
     pub trackers: Vec<Addr<TrackerChannel>>,
+    /// The Hyperswarm engine, when on; dropped, it leaves the topic.
+    pub hyperswarm: Option<Arc<crate::hyperswarm::Engine>>,
     pub http: actix_web::dev::ServerHandle,
     server: Option<actix_web::dev::Server>,
     topic: String,
@@ -464,6 +468,11 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
     });
 
     let trackers = start_trackers(&config, tracker_urls, &key, &hub, &metrics);
+    let hyperswarm = if config.hyperswarm.enabled {
+        Some(Arc::new(start_hyperswarm(&config, services.clone())?))
+    } else {
+        None
+    };
 
     crate::log_limit::configure(config.limits.remote_log_lines_per_sec);
     let open_files = raise_open_file_limit();
@@ -597,6 +606,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         acme,
         acme_http,
         trackers,
+        hyperswarm,
         http: server.handle(),
         server: Some(server),
         topic: config.topic.clone(),
@@ -635,6 +645,37 @@ pub fn acme_settings(config: &Config) -> crate::acme::AcmeSettings {
         dir: config.data_dir.join(crate::acme::ACME_DIR),
         http01: !config.acme.http_listen.trim().is_empty(),
     }
+}
+
+/// Hyperswarm settings from the config (a server announces and looks up).
+pub fn hyperswarm_settings(config: &Config) -> crate::hyperswarm::HyperswarmSettings {
+    let h = &config.hyperswarm;
+    crate::hyperswarm::HyperswarmSettings {
+        bootstrap: h.bootstrap.clone(),
+        host: h.host.clone(),
+        port: h.port,
+        firewalled: h.firewalled,
+        max_peers: h.max_peers,
+        server: true,
+        client: true,
+        max_message_bytes: config.limits.max_frame_bytes,
+    }
+}
+
+/// Joins the topic on the HyperDHT; each connection becomes a session on
+/// this arbiter, as an upgraded websocket does.
+fn start_hyperswarm(
+    config: &Config,
+    services: Services,
+) -> Result<crate::hyperswarm::Engine, StartError> {
+    let arbiter = actix::Arbiter::current();
+    crate::hyperswarm::Engine::start(hyperswarm_settings(config), &config.topic, move |link| {
+        let services = services.clone();
+        arbiter.spawn_fn(move || {
+            ClientSession::hyperswarm(services, link).start();
+        });
+    })
+    .map_err(StartError::Hyperswarm)
 }
 
 /// File descriptors kept free under the open-file limit.

@@ -16,6 +16,11 @@
 //! and every frame as `FrameReceived`. It stops when the socket closes, on
 //! hostile input, when idle, or when its writer ends; its end is reported
 //! to the hub from `stopped()`. (actix-ws stays inside this file.)
+//!
+//! A Hyperswarm connection (`crate::hyperswarm::Link`) is a session too:
+//! the same limits and handshake, its messages as text frames; as both
+//! sides of a swarm connection are peers, it also sends our own ping first
+//! (`ClientSession::hyperswarm`).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -27,9 +32,9 @@ use actix_ws::AggregatedMessage;
 use crate::actors::Services;
 use crate::flow::{self, Credit, Gated, Outbox, WriterEnd};
 use crate::messages::connection::{CloseConnection, ConnHandle};
-use crate::messages::crypto::VerifyPing;
+use crate::messages::crypto::{SignPeer, VerifyPing};
 use crate::messages::hub::{
-    next_conn_id, ConnId, ConnectionClosed, ConnectionIdentified, FrameReceived,
+    next_conn_id, ConnId, ConnectionClosed, ConnectionIdentified, FrameReceived, GetSelfPeer, Via,
 };
 use crate::messages::wire::{
     error_frame, new_message_id, Extensions, Ping, WireError, WireLimits, WireMessage,
@@ -44,6 +49,12 @@ const MESSAGE_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 type Frames = actix_ws::AggregatedMessageStream;
 type Item = Result<AggregatedMessage, ProtocolError>;
+
+/// What the session reads and writes.
+enum Socket {
+    Websocket(actix_ws::Session, Frames),
+    Hyperswarm(crate::hyperswarm::Link),
+}
 
 enum Handshake {
     AwaitingPing,
@@ -71,7 +82,8 @@ pub struct ClientSession {
     /// The hub was told this connection is gone.
     reported: bool,
     /// Until `started` hands them to the context and the writer.
-    socket: Option<(actix_ws::Session, Frames)>,
+    socket: Option<Socket>,
+    via: Via,
     /// Our place among the node's websockets, given back when we end.
     _slot: Option<crate::admission::Slot>,
     /// Bytes read from the socket not yet a whole message.
@@ -100,11 +112,71 @@ impl ClientSession {
             outbox,
             closing: false,
             reported: false,
-            socket: Some((session, frames)),
+            socket: Some(Socket::Websocket(session, frames)),
+            via: Via::Websocket,
             _slot: None,
             unfinished: None,
             cause: None,
         }
+    }
+
+    /// A session for a Hyperswarm connection: it pings first, as a server.
+    pub fn hyperswarm(services: Services, link: crate::hyperswarm::Link) -> Self {
+        let outbox = services.outbox();
+        let remote = format!("hyperswarm:{}", &link.remote[..link.remote.len().min(16)]);
+        let via = Via::Hyperswarm {
+            initiator: link.initiator,
+        };
+        ClientSession {
+            conn: next_conn_id(),
+            services,
+            remote,
+            state: Handshake::AwaitingPing,
+            bad_frames: 0,
+            last_heard: Instant::now(),
+            outbox,
+            closing: false,
+            reported: false,
+            socket: Some(Socket::Hyperswarm(link)),
+            via,
+            _slot: None,
+            unfinished: None,
+            cause: None,
+        }
+    }
+
+    /// Our ping, with our record signed afresh for it (see
+    /// `PeerConnection::send_ping`: a record not newer than the last one
+    /// seen is refused as a replay).
+    fn send_ping(&mut self, ctx: &mut Context<Self>) {
+        let hub = self.services.hub.clone();
+        let crypto = self.services.crypto.clone();
+        ctx.spawn(
+            async move {
+                let current = hub.send(GetSelfPeer).await?;
+                crypto
+                    .send(SignPeer {
+                        topic: current.topic,
+                        host: current.host,
+                        port: current.port,
+                        ssl: current.ssl,
+                    })
+                    .await
+            }
+            .into_actor(self)
+            .map(|res, act, _| {
+                let Ok(peer) = res else { return };
+                let ping = WireMessage::Ping(Ping {
+                    id: new_message_id(),
+                    to: vec![act.services.client_id.to_string()],
+                    client_id: act.services.client_id.to_string(),
+                    is_server: true,
+                    peer: Some(serde_json::to_value(peer).expect("peer serialises")),
+                    ext: Some(Extensions::ours()),
+                });
+                let _ = act.outbox.push(ping.to_text().into());
+            }),
+        );
     }
 
     /// Ties the session to its admission slot and its socket's meter.
@@ -300,6 +372,7 @@ impl ClientSession {
             dialed: None,
             ping_id: Some(ping.id),
             servers: vec![],
+            via: self.via,
         });
         for (msg, credit) in queued {
             self.services.hub.do_send(FrameReceived {
@@ -331,17 +404,30 @@ impl Actor for ClientSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         tracing::debug!(conn = self.conn, remote = %self.remote, "socket opened");
-        if let Some((session, frames)) = self.socket.take() {
-            let me = ctx.address();
-            flow::spawn_writer(self.outbox.clone(), session, move |end| {
-                me.do_send(WriterEnded(end))
-            });
-            ctx.add_stream(Gated::new(
-                frames,
-                self.services.window(),
-                self.outbox.clone(),
-                frame_cost,
-            ));
+        let me = ctx.address();
+        let done = move |end| me.do_send(WriterEnded(end));
+        match self.socket.take() {
+            Some(Socket::Websocket(session, frames)) => {
+                flow::spawn_writer(self.outbox.clone(), session, done);
+                ctx.add_stream(Gated::new(
+                    frames,
+                    self.services.window(),
+                    self.outbox.clone(),
+                    frame_cost,
+                ));
+            }
+            Some(Socket::Hyperswarm(link)) => {
+                let hs = crate::hyperswarm::sink(link.outbound);
+                flow::spawn_writer(self.outbox.clone(), hs, done);
+                ctx.add_stream(Gated::new(
+                    crate::hyperswarm::frames(link.inbound),
+                    self.services.window(),
+                    self.outbox.clone(),
+                    frame_cost,
+                ));
+                self.send_ping(ctx);
+            }
+            None => {}
         }
         let limits = &self.services.config.limits;
         let handshake = Duration::from_secs(limits.handshake_timeout_secs.max(1));
@@ -381,7 +467,10 @@ impl Actor for ClientSession {
         });
         let idle = Duration::from_secs(limits.idle_timeout_secs);
         ctx.run_interval(HEARTBEAT_EVERY.min(idle), move |act, ctx| {
-            if act.last_heard.elapsed() > idle {
+            // A secret stream's keepalives (empty messages) never reach
+            // us; a dead Hyperswarm peer is found by UDX, when our
+            // keepalive (the ping below) goes unanswered.
+            if act.last_heard.elapsed() > idle && !act.via.is_hyperswarm() {
                 crate::remote_log!(info, conn = act.conn, remote = %act.remote, "closing: idle");
                 act.close(
                     CloseCause::Idle,

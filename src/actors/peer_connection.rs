@@ -264,6 +264,7 @@ impl PeerConnection {
                         wants_missing: false,
                         ping_id: None,
                         servers,
+                        via: Default::default(),
                     });
                     for (msg, credit) in std::mem::take(&mut act.early) {
                         act.services.hub.do_send(FrameReceived { conn: act.conn, msg, credit });

@@ -238,12 +238,13 @@ impl Handler<ServerConnected> for PeerRegistry {
                 .endpoints_found
                 .inc(EndpointSource::Inbound);
         }
-        let actions = self.state.connected_to(
+        let actions = self.state.connected_via(
             msg.conn,
             msg.outbound,
             msg.endpoint,
             msg.peer,
             msg.tooldb_node,
+            msg.via,
             Instant::now(),
         );
         self.apply(actions, ctx);

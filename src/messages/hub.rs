@@ -18,6 +18,21 @@ pub fn next_conn_id() -> ConnId {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Which transport a connection came over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Via {
+    #[default]
+    Websocket,
+    /// A Hyperswarm connection; `initiator`: our swarm dialed it.
+    Hyperswarm { initiator: bool },
+}
+
+impl Via {
+    pub fn is_hyperswarm(self) -> bool {
+        matches!(self, Via::Hyperswarm { .. })
+    }
+}
+
 /// A connection finished its handshake: its ping (inbound) or pong
 /// (outbound) was checked. Frames from it reach the hub only after this.
 #[derive(Message, Debug)]
@@ -43,6 +58,9 @@ pub struct ConnectionIdentified {
     pub ping_id: Option<String>,
     /// Servers the remote listed in its pong, already verified.
     pub servers: Vec<Peer>,
+    /// A server ping over Hyperswarm counts as verified: the link came
+    /// from the topic on the HyperDHT, not from an address it named.
+    pub via: Via,
 }
 
 /// One parsed frame from an identified connection, with the credit it

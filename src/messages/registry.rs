@@ -20,6 +20,7 @@ pub struct ServerConnected {
     /// It offered our extension: a tooldb-node, which resolves duplicate
     /// links as we do.
     pub tooldb_node: bool,
+    pub via: crate::messages::hub::Via,
 }
 
 /// A verified server connection closed (from the hub).

@@ -429,6 +429,8 @@ pub fn ensure_harness() {
         "bittorrent-dht",
         "playwright-core",
         "bittorrent-tracker",
+        "hyperswarm",
+        "hyperdht",
     ]
     .iter()
     .all(|p| {

@@ -1070,10 +1070,9 @@ impl Handler<ConnectionIdentified> for Hub {
         // dial of ours; an inbound ping that merely claims `isServer` is
         // served as a client meanwhile, and its endpoint is dialed.
         let verified_server = msg.is_server
-            && msg
-                .peer
-                .as_ref()
-                .is_some_and(|p| msg.outbound || self.servers.is_verified(&p.address));
+            && msg.peer.as_ref().is_some_and(|p| {
+                msg.outbound || msg.via.is_hyperswarm() || self.servers.is_verified(&p.address)
+            });
         let claim = (msg.is_server && !verified_server)
             .then(|| msg.peer.clone())
             .flatten();
@@ -1108,6 +1107,7 @@ impl Handler<ConnectionIdentified> for Hub {
                 endpoint: msg.dialed.clone(),
                 peer: peer.clone(),
                 tooldb_node: msg.reconcile,
+                via: msg.via,
             });
         }
         self.subs.client_back(&msg.client_id);
@@ -1216,6 +1216,7 @@ impl Hub {
                     endpoint: None,
                     peer: claim.peer,
                     tooldb_node: claim.reconcile,
+                    via: Via::Websocket,
                 });
             }
             self.reconcile_if(id, true, ctx);

@@ -88,6 +88,7 @@ impl Fake {
             wants_missing: self.wants_missing,
             ping_id: Some("ping".into()),
             servers: vec![],
+            via: Via::Websocket,
         });
     }
 
@@ -567,6 +568,7 @@ impl Fake {
             wants_missing: self.wants_missing,
             ping_id: Some("ping".into()),
             servers: vec![],
+            via: Via::Websocket,
         });
     }
 
