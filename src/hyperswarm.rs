@@ -60,6 +60,19 @@ pub fn topic_key(topic: &str) -> [u8; 32] {
     sha2::Sha256::digest(topic.as_bytes()).into()
 }
 
+/// Every bootstrap node must be HOST:PORT.
+pub fn check_bootstrap(nodes: &[String]) -> Result<(), HyperswarmError> {
+    for b in nodes {
+        let port_ok = b
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok {
+            return Err(HyperswarmError::BadBootstrap(b.clone()));
+        }
+    }
+    Ok(())
+}
+
 /// Why the engine did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HyperswarmError {
@@ -121,14 +134,7 @@ impl Engine {
         topic: &str,
         on_link: impl Fn(Link) + Send + 'static,
     ) -> Result<Engine, HyperswarmError> {
-        for b in &settings.bootstrap {
-            let port_ok = b
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-            if !port_ok {
-                return Err(HyperswarmError::BadBootstrap(b.clone()));
-            }
-        }
+        check_bootstrap(&settings.bootstrap)?;
         let topic = topic_key(topic);
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
@@ -175,6 +181,26 @@ impl Engine {
     }
 }
 
+/// The address to bind: the configured one, except that a wildcard with
+/// only loopback bootstrap nodes (a private testnet on this machine) binds
+/// 127.0.0.1: a node on 0.0.0.0 announces its other addresses, which its
+/// peers there cannot use.
+fn bind_host(s: &HyperswarmSettings) -> String {
+    let loopback_only = !s.bootstrap.is_empty()
+        && s.bootstrap.iter().all(|b| {
+            b.rsplit_once(':').is_some_and(|(h, _)| {
+                h == "localhost"
+                    || h.parse::<std::net::Ipv4Addr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            })
+        });
+    if s.host == "0.0.0.0" && loopback_only {
+        "127.0.0.1".into()
+    } else {
+        s.host.clone()
+    }
+}
+
 /// One life of the swarm: until `stop` (Ok) or a failure to start (Err).
 async fn run(
     s: &HyperswarmSettings,
@@ -189,7 +215,7 @@ async fn run(
         c.dht.dht.bootstrap = s.bootstrap.clone();
         c
     };
-    config.dht.dht.host = s.host.clone();
+    config.dht.dht.host = bind_host(s);
     config.dht.dht.port = s.port;
     config.dht.dht.firewalled = s.firewalled;
     config.max_peers = s.max_peers.max(1);
@@ -345,6 +371,40 @@ pub fn sink(outbound: mpsc::Sender<Message>) -> Pin<Box<dyn Sink<Message, Error 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(host: &str, bootstrap: &[&str]) -> HyperswarmSettings {
+        HyperswarmSettings {
+            bootstrap: bootstrap.iter().map(|b| b.to_string()).collect(),
+            host: host.into(),
+            port: 0,
+            firewalled: false,
+            max_peers: 1,
+            server: true,
+            client: true,
+            max_message_bytes: 1,
+        }
+    }
+
+    #[test]
+    fn a_wildcard_with_only_loopback_bootstrap_nodes_binds_loopback() {
+        assert_eq!(
+            bind_host(&settings("0.0.0.0", &["127.0.0.1:5"])),
+            "127.0.0.1"
+        );
+        assert_eq!(
+            bind_host(&settings("0.0.0.0", &["127.0.0.1:5", "10.0.0.1:5"])),
+            "0.0.0.0"
+        );
+        assert_eq!(
+            bind_host(&settings("0.0.0.0", &[])),
+            "0.0.0.0",
+            "public bootstrap"
+        );
+        assert_eq!(
+            bind_host(&settings("10.1.1.1", &["127.0.0.1:5"])),
+            "10.1.1.1"
+        );
+    }
 
     #[test]
     fn the_topic_key_is_sha256_of_the_topic() {

@@ -98,6 +98,14 @@ struct ClientArgs {
     /// Also find the server announced under this name on the trackers.
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
+    /// Also find servers on Hyperswarm (the HyperDHT, sha256(topic)); then
+    /// the public Mainline DHT is used only with --dht-bootstrap.
+    #[arg(long)]
+    hyperswarm: bool,
+    /// A HyperDHT bootstrap node (HOST:PORT); repeatable. Default: the
+    /// public ones.
+    #[arg(long = "hyperswarm-bootstrap", value_name = "HOST:PORT")]
+    hyperswarm_bootstrap: Vec<String>,
 }
 
 fn parse_scheme(s: &str) -> Result<KeyScheme, String> {
@@ -426,9 +434,13 @@ where
     if let Some(name) = args.server_name {
         b = b.server_name(name);
     }
+    let hyperswarm = args.hyperswarm || !args.hyperswarm_bootstrap.is_empty();
+    if hyperswarm {
+        b = b.hyperswarm(args.hyperswarm_bootstrap);
+    }
     if !args.dht_bootstrap.is_empty() {
         b = b.dht_bootstrap(args.dht_bootstrap);
-    } else if args.peers.is_empty() && args.trackers.is_empty() {
+    } else if args.peers.is_empty() && args.trackers.is_empty() && !hyperswarm {
         b = b.public_dht();
     }
     actix::System::new().block_on(async move {

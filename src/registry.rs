@@ -724,6 +724,62 @@ mod tests {
     }
 
     #[test]
+    fn a_hyperswarm_link_stays_and_the_websocket_one_goes_on_both_sides() {
+        let a = NodeKey::generate(KeyScheme::Secp256k1);
+        let b = NodeKey::generate(KeyScheme::Secp256k1);
+        let now = Instant::now();
+        let swarm = |initiator| Via::Hyperswarm { initiator };
+        // On a: its dial to b is up, then the swarm link (a initiated).
+        let mut ra = state(&a);
+        ra.found(ep("127.0.0.1:20"), Source::Dht, now);
+        ra.connected(1, true, Some(ep("127.0.0.1:20")), peer(&b, 20), now);
+        let acts = ra.connected_via(2, false, None, peer(&b, 20), true, swarm(true), now);
+        assert!(acts.iter().any(
+            |x| matches!(x, Action::StopDialing { endpoint, .. } if *endpoint == ep("127.0.0.1:20"))
+        ));
+        assert!(!acts
+            .iter()
+            .any(|x| matches!(x, Action::CloseInbound { .. })));
+        // On b: the swarm link first (b accepted), then a's websocket.
+        let mut rb = state(&b);
+        rb.connected_via(3, false, None, peer(&a, 10), true, swarm(false), now);
+        let acts = rb.connected(4, false, None, peer(&a, 10), now);
+        assert!(acts
+            .iter()
+            .any(|x| matches!(x, Action::CloseInbound { conn: 4, .. })));
+        assert_eq!(rb.view()[0].links, 1);
+    }
+
+    #[test]
+    fn of_two_hyperswarm_links_both_sides_keep_the_same_one() {
+        let a = NodeKey::generate(KeyScheme::Secp256k1);
+        let b = NodeKey::generate(KeyScheme::Secp256k1);
+        let now = Instant::now();
+        let swarm = |initiator| Via::Hyperswarm { initiator };
+        // Link X: a initiated; link Y: b initiated. Each side closes one.
+        let mut ra = state(&a);
+        ra.connected_via(1, false, None, peer(&b, 20), true, swarm(true), now);
+        let on_a = ra.connected_via(2, false, None, peer(&b, 20), true, swarm(false), now);
+        let mut rb = state(&b);
+        rb.connected_via(3, false, None, peer(&a, 10), true, swarm(false), now);
+        let on_b = rb.connected_via(4, false, None, peer(&a, 10), true, swarm(true), now);
+        let closed = |acts: &[Action]| -> Vec<ConnId> {
+            acts.iter()
+                .filter_map(|x| match x {
+                    Action::CloseInbound { conn, .. } => Some(*conn),
+                    _ => None,
+                })
+                .collect()
+        };
+        // a's conn 1 is b's conn 3 (link X); a's 2 is b's 4 (link Y).
+        let x_closed_on_a = closed(&on_a) == vec![1];
+        let x_closed_on_b = closed(&on_b) == vec![3];
+        assert_eq!(closed(&on_a).len(), 1);
+        assert_eq!(closed(&on_b).len(), 1);
+        assert_eq!(x_closed_on_a, x_closed_on_b, "both close the same link");
+    }
+
+    #[test]
     fn two_links_to_a_tool_db_server_are_both_kept() {
         // A JS Tool Db server dials us and our dial proves it: it keeps its
         // state per client id, so closing either link would make it forget

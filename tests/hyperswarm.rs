@@ -107,11 +107,9 @@ fn testnet() -> (Js, String) {
     (t, b)
 }
 
-/// Our node on the testnet, its HyperDHT node on loopback too (one on
-/// 0.0.0.0 announces addresses that do not work here: TEST-TOOLS.md).
+/// Our node on the testnet (its HyperDHT node binds loopback, as its
+/// bootstrap is on loopback: TEST-TOOLS.md says why).
 fn node(bootstrap: &str, topic: &str, env: &[(&str, &str)]) -> NodeProc {
-    let mut env = env.to_vec();
-    env.push(("TOOLDB_HYPERSWARM__HOST", "127.0.0.1"));
     NodeProc::start_env(
         &[
             "--hyperswarm",
@@ -120,7 +118,7 @@ fn node(bootstrap: &str, topic: &str, env: &[(&str, &str)]) -> NodeProc {
             "--topic",
             topic,
         ],
-        &env,
+        env,
     )
 }
 
@@ -351,4 +349,54 @@ fn junk_oversize_and_floods_close_that_link_and_the_node_serves_on() {
         log.contains("over the size limit"),
         "oversize closed as too large"
     );
+}
+
+/// `tooldb-node` (a client command) with `args`; its stdout, and whether it succeeded.
+fn client(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
+        .args(args)
+        .args(["--no-lan"])
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn our_client_reads_and_writes_through_a_js_hyperswarm_peer() {
+    let (_tn, boot) = testnet();
+    let topic = "hs-client";
+    // A JS Tool Db server reachable only over Hyperswarm, holding a record.
+    let mut js = js_peer(&boot, topic, &["--server"]);
+    assert_eq!(
+        js.cmd(json!({"cmd":"put","key":"js-held","value":"kept by js"}))["ok"],
+        true
+    );
+    let hs = [
+        "--topic",
+        topic,
+        "--hyperswarm-bootstrap",
+        &boot,
+        "--timeout",
+        "30",
+    ];
+    let t0 = Instant::now();
+    let (ok, out, err) = client(&[&["get", "js-held"][..], &hs[..]].concat());
+    assert!(ok, "get failed: {err}");
+    let record: Value = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
+    assert_eq!(record["v"], "kept by js", "{out} {err}");
+    println!(
+        "figure: client get over Hyperswarm, process start to record: {:?}",
+        t0.elapsed()
+    );
+
+    // P-256: the JS server verifies with @tool-db/ecdsa-user.
+    let put = ["put", "rust-wrote", "\"hi js\"", "--key-scheme", "p256"];
+    let (ok, _, err) = client(&[&put[..], &hs[..]].concat());
+    assert!(ok, "put failed: {err}");
+    let got = js.cmd(json!({"cmd":"local","key":"rust-wrote"}));
+    assert_eq!(got["record"]["v"], "hi js", "{got}");
 }

@@ -176,6 +176,19 @@ impl ServerBook {
         Identified::Keep
     }
 
+    /// A connection the book did not dial (a Hyperswarm link) identified
+    /// `identity`: bad and duplicate as for `identified`.
+    pub fn identified_unlisted(&mut self, conn: ConnId, identity: &str) -> Identified {
+        if self.bad.contains(identity) {
+            return Identified::Bad;
+        }
+        if let Some(existing) = self.connected.get(identity).copied().filter(|c| *c != conn) {
+            return Identified::Duplicate { existing };
+        }
+        self.connected.insert(identity.to_owned(), conn);
+        Identified::Keep
+    }
+
     /// A connection ended. `failed`: it never got a verified pong (or was
     /// closed for misbehaving), so its endpoint backs off longer; one that
     /// was up is redialed after the first backoff step. A duplicate is not

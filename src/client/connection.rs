@@ -12,12 +12,17 @@
 //! A failed dial, a handshake past its deadline, a close or a socket error
 //! stops it, reported once as `ServerClosed` from `stopped()`. It never
 //! redials: the core decides what to dial next, with backoff.
+//!
+//! Given a Hyperswarm link (`ServerConnection::over`) instead of an
+//! endpoint, it does the same over that link's messages, without dialing.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_http::ws::CloseCode;
+use actix_http::ws::{CloseCode, Frame};
+use actix_ws::AggregatedMessage;
+use futures_util::StreamExt;
 
 use crate::client::book::Endpoint;
 use crate::client::core::ClientCore;
@@ -64,6 +69,8 @@ pub struct ServerConnection {
     /// outbox only moves it to the socket.
     outbox: Outbox,
     state: State,
+    /// A Hyperswarm connection to use instead of dialing `endpoint`.
+    link: Option<crate::hyperswarm::Link>,
 }
 
 impl ServerConnection {
@@ -88,7 +95,14 @@ impl ServerConnection {
                 write_timeout: WRITE_TIMEOUT,
             }),
             state: State::Connecting,
+            link: None,
         }
+    }
+
+    /// Speaks over a Hyperswarm link instead of dialing.
+    pub fn over(mut self, link: crate::hyperswarm::Link) -> Self {
+        self.link = Some(link);
+        self
     }
 
     fn write(&mut self, text: String) {
@@ -195,6 +209,48 @@ impl Actor for ServerConnection {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(link) = self.link.take() {
+            let me = ctx.address();
+            let sink = crate::hyperswarm::sink(link.outbound);
+            flow::spawn_writer(self.outbox.clone(), sink, move |end| {
+                me.do_send(WriterEnded(end))
+            });
+            ctx.add_stream(crate::hyperswarm::frames(link.inbound).map(|m| {
+                m.map(|m| match m {
+                    AggregatedMessage::Text(t) => Frame::Text(t.into_bytes()),
+                    AggregatedMessage::Binary(b) => Frame::Binary(b),
+                    AggregatedMessage::Ping(b) => Frame::Ping(b),
+                    AggregatedMessage::Pong(b) => Frame::Pong(b),
+                    AggregatedMessage::Close(r) => Frame::Close(r),
+                })
+            }));
+            self.send_ping();
+        } else {
+            self.dial(ctx);
+        }
+        // A dial or handshake that hangs counts as failed.
+        ctx.run_later(self.handshake_timeout, |act, ctx| {
+            if act.state != State::Identified {
+                tracing::debug!(server = %act.endpoint, "handshake timed out");
+                act.close("handshake timed out", ctx);
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        // A close frame already queued still goes out; else the writer ends.
+        if self.outbox.close_reason().is_none() {
+            self.outbox.shut();
+        }
+        self.core.do_send(ServerClosed {
+            conn: self.conn,
+            identified: self.state == State::Identified,
+        });
+    }
+}
+
+impl ServerConnection {
+    fn dial(&mut self, ctx: &mut Context<Self>) {
         let endpoint = self.endpoint.clone();
         let timeout = self.handshake_timeout;
         let fut = async move { transport::dial(&endpoint, timeout, MAX_FRAME_BYTES).await };
@@ -216,24 +272,6 @@ impl Actor for ServerConnection {
                 ctx.stop();
             }
         }));
-        // A dial or handshake that hangs counts as failed.
-        ctx.run_later(self.handshake_timeout, |act, ctx| {
-            if act.state != State::Identified {
-                tracing::debug!(server = %act.endpoint, "handshake timed out");
-                act.close("handshake timed out", ctx);
-            }
-        });
-    }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        // A close frame already queued still goes out; else the writer ends.
-        if self.outbox.close_reason().is_none() {
-            self.outbox.shut();
-        }
-        self.core.do_send(ServerClosed {
-            conn: self.conn,
-            identified: self.state == State::Identified,
-        });
     }
 }
 

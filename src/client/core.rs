@@ -105,8 +105,17 @@ pub struct ClientCore {
     lan: Option<Addr<LanChannel>>,
     /// Kept so the tracker channels' supervisors keep them running.
     trackers: Vec<Addr<TrackerChannel>>,
+    /// The Hyperswarm engine, when on (dropped: it leaves the topic).
+    hyperswarm: Option<crate::hyperswarm::Engine>,
+    /// Connections that came over Hyperswarm (not dialed from the book).
+    links: HashSet<ConnId>,
     stopping: bool,
 }
+
+/// A Hyperswarm connection to speak to as a server.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HyperswarmLinked(pub crate::hyperswarm::Link);
 
 impl ClientCore {
     /// `peer_key` is this instance's peer identity (see the field).
@@ -134,6 +143,8 @@ impl ClientCore {
             dht: None,
             lan: None,
             trackers: Vec::new(),
+            hyperswarm: None,
+            links: HashSet::new(),
             stopping: false,
         }
     }
@@ -141,6 +152,12 @@ impl ClientCore {
     /// Keeps `dht` alive for as long as the core runs.
     pub fn with_dht(mut self, dht: Addr<DhtChannel>) -> Self {
         self.dht = Some(dht);
+        self
+    }
+
+    /// Keeps the Hyperswarm engine for as long as the core runs.
+    pub fn with_hyperswarm(mut self, engine: crate::hyperswarm::Engine) -> Self {
+        self.hyperswarm = Some(engine);
         self
     }
 
@@ -398,7 +415,11 @@ impl Handler<ServerIdentified> for ClientCore {
             peer,
             servers,
         } = msg;
-        let verdict = self.book.identified(conn, &peer.address);
+        let verdict = if self.links.contains(&conn) {
+            self.book.identified_unlisted(conn, &peer.address)
+        } else {
+            self.book.identified(conn, &peer.address)
+        };
         if verdict == Identified::Bad {
             handle.do_send(CloseServer {
                 reason: "this server sent forged records".into(),
@@ -454,6 +475,7 @@ impl Handler<ServerClosed> for ClientCore {
     fn handle(&mut self, msg: ServerClosed, ctx: &mut Self::Context) {
         let conn = msg.conn;
         self.handles.remove(&conn);
+        self.links.remove(&conn);
         let was = self.connected.remove(&conn);
         let bad = was
             .as_ref()
@@ -659,6 +681,31 @@ impl Handler<GetConnectedServers> for ClientCore {
     }
 }
 
+impl Handler<HyperswarmLinked> for ClientCore {
+    type Result = ();
+    fn handle(&mut self, msg: HyperswarmLinked, ctx: &mut Self::Context) {
+        if self.stopping {
+            return;
+        }
+        let conn = next_conn_id();
+        let short = &msg.0.remote[..msg.0.remote.len().min(16)];
+        // For logs only: a link is not an endpoint the book dials.
+        let label = Endpoint::new(format!("hyperswarm:{short}"), 0);
+        let handle = ServerConnection::new(
+            conn,
+            label,
+            ctx.address(),
+            self.peer_key.clone(),
+            self.settings.topic.clone(),
+            self.settings.handshake_timeout,
+        )
+        .over(msg.0)
+        .start();
+        self.links.insert(conn);
+        self.handles.insert(conn, handle);
+    }
+}
+
 impl Handler<Shutdown> for ClientCore {
     type Result = ();
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
@@ -668,6 +715,8 @@ impl Handler<Shutdown> for ClientCore {
                 reason: "client closing".into(),
             });
         }
+        // Leaves the topic (on its own thread; bounded by its timeouts).
+        self.hyperswarm.take();
         ctx.stop();
     }
 }

@@ -85,6 +85,8 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    #[error(transparent)]
+    Hyperswarm(#[from] crate::hyperswarm::HyperswarmError),
     #[error("no Tool Db server found within {} s (topic {topic:?}, static peers {peers:?}, DHT: {dht}, trackers {trackers:?})", timeout.as_secs_f64())]
     NoServer {
         timeout: Duration,
@@ -129,6 +131,8 @@ pub struct ClientBuilder {
     lan: bool,
     trackers: Vec<String>,
     server_name: Option<String>,
+    /// HyperDHT bootstrap nodes (empty: the public ones), when on.
+    hyperswarm: Option<Vec<String>>,
     identity: Identity,
     scheme: KeyScheme,
     connections: usize,
@@ -147,6 +151,7 @@ impl Default for ClientBuilder {
             lan: false,
             trackers: vec![],
             server_name: None,
+            hyperswarm: None,
             identity: Identity::Generate,
             scheme: KeyScheme::default(),
             connections: DEFAULT_CONNECTIONS,
@@ -202,6 +207,16 @@ impl ClientBuilder {
     /// On the trackers, also look for the server announced under `name`.
     pub fn server_name(mut self, name: impl Into<String>) -> Self {
         self.server_name = Some(name.into());
+        self
+    }
+
+    /// Also find servers on Hyperswarm: look `sha256(topic)` up on the
+    /// HyperDHT through these bootstrap nodes (none: the public ones),
+    /// without announcing, and speak Tool Db over the connections.
+    pub fn hyperswarm<I: IntoIterator<Item = S>, S: Into<String>>(mut self, nodes: I) -> Self {
+        self.hyperswarm
+            .get_or_insert_with(Vec::new)
+            .extend(nodes.into_iter().map(Into::into));
         self
     }
 
@@ -290,6 +305,19 @@ impl ClientBuilder {
         if let Some(name) = &self.server_name {
             hashes.push(crate::tracker::info_hash(name));
         }
+        let hyperswarm =
+            self.hyperswarm
+                .clone()
+                .map(|bootstrap| crate::hyperswarm::HyperswarmSettings {
+                    bootstrap,
+                    host: "0.0.0.0".into(),
+                    port: 0,
+                    firewalled: true,
+                    max_peers: self.connections.max(1) * 4,
+                    server: false,
+                    client: true,
+                    max_message_bytes: connection::MAX_FRAME_BYTES,
+                });
         let lan = self.lan.then(|| LanSettings {
             topic: self.topic.clone(),
             announce: None,
@@ -300,6 +328,9 @@ impl ClientBuilder {
         // `to` list when pushing, so a `watch` missed the other's writes.
         let peer_key = Arc::new(NodeKey::generate(KeyScheme::default()));
         let peer_id = crate::tracker::peer_id_of(peer_key.client_id());
+        if let Some(hs) = &hyperswarm {
+            crate::hyperswarm::check_bootstrap(&hs.bootstrap)?;
+        }
         let core = ClientCore::create(move |ctx| {
             let mut core = ClientCore::new(settings, peer_key, endpoints);
             for url in tracker_urls {
@@ -308,6 +339,16 @@ impl ClientBuilder {
                     s,
                     Some(ctx.address().recipient()),
                 ));
+            }
+            if let Some(hs) = hyperswarm {
+                let me = ctx.address();
+                let started = crate::hyperswarm::Engine::start(hs, &topic, move |link| {
+                    me.do_send(self::core::HyperswarmLinked(link))
+                });
+                match started {
+                    Ok(engine) => core = core.with_hyperswarm(engine),
+                    Err(e) => tracing::warn!(error = %e, "no Hyperswarm"),
+                }
             }
             if let Some(lan) = lan {
                 core = core.with_lan(LanChannel::supervised(lan, ctx.address().recipient()));
