@@ -57,6 +57,9 @@ pub struct PeerInfo {
     pub priority: Priority,
     connected_at: Option<Instant>,
     waiting: bool,
+    /// Its first dial was put off (tooldb-node patch: the larger key dials
+    /// second, so two peers that find each other do not dial at once).
+    pub(crate) deferred: bool,
 }
 
 impl PeerInfo {
@@ -76,6 +79,7 @@ impl PeerInfo {
             priority: Priority::Normal,
             connected_at: None,
             waiting: false,
+            deferred: false,
         }
     }
 

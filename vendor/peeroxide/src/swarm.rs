@@ -41,6 +41,9 @@ fn next_stream_id() -> u32 {
 }
 
 const DEFAULT_MAX_PEERS: usize = 64;
+/// How long the larger key waits before its first dial (tooldb-node
+/// patch), plus up to as much again at random.
+const DIAL_SECOND_MS: u64 = 2000;
 const DEFAULT_MAX_PARALLEL: usize = 3;
 
 // ── Retry backoff tiers (matching Node.js lib/retry-timer.js) ────────────────
@@ -746,7 +749,27 @@ impl SwarmActor {
                     info.topics.push(topic);
                 }
 
-                if !info.queued && !info.connecting && !info.banned && !info.is_waiting() {
+                // tooldb-node patch: when two peers find each other at once
+                // and both dial, upstream fails both (each side's handshake
+                // closes the other's stream) and the retry waits 15 s, or 10
+                // minutes if they collide again. The larger key dials second,
+                // only if the smaller one's dial has not connected by then.
+                let ready = !info.queued && !info.connecting && !info.banned && !info.is_waiting();
+                if ready && !info.deferred && info.attempts == 0 && self.key_pair.public_key > public_key {
+                    info.deferred = true;
+                    info.set_waiting(true);
+                    let relay_addresses = info.relay_addresses.clone();
+                    let event_tx = self.discovery_event_tx.clone();
+                    let delay = Duration::from_millis(DIAL_SECOND_MS + rand::rng().random_range(0..DIAL_SECOND_MS));
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = event_tx.send(DiscoveryEvent::RetryDue {
+                            public_key,
+                            relay_addresses,
+                            topic,
+                        });
+                    });
+                } else if ready {
                     info.queued = true;
                     info.priority = info.get_priority();
                     self.queue.push(public_key);
