@@ -400,3 +400,50 @@ fn our_client_reads_and_writes_through_a_js_hyperswarm_peer() {
     let got = js.cmd(json!({"cmd":"local","key":"rust-wrote"}));
     assert_eq!(got["record"]["v"], "hi js", "{got}");
 }
+
+/// The links `node` has to the server with client id `client`.
+fn links_to(node: &NodeProc, client: &Value) -> u64 {
+    node.peers()["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["clientId"] == *client)
+        .and_then(|s| s["links"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_websocket_and_a_hyperswarm_link_to_one_server_end_as_the_hyperswarm_one() {
+    let (_tn, boot) = testnet();
+    let topic = "hs-duplicates";
+    let b = node(&boot, topic, &[]);
+    let peer = format!("127.0.0.1:{}", b.port);
+    let hs = [
+        "--hyperswarm",
+        "--hyperswarm-bootstrap",
+        &boot,
+        "--topic",
+        topic,
+        "--peer",
+        &peer,
+    ];
+    let a = NodeProc::start(&hs);
+    let a_id = a.health()["clientId"].clone();
+    let b_id = b.health()["clientId"].clone();
+    // Both links come up (the dial at once, the swarm within seconds);
+    // both sides then keep the Hyperswarm one.
+    wait_for("the duplicate to be resolved", WAIT, || {
+        let resolved = a.log().contains("duplicate connection")
+            && links_to(&a, &b_id) == 1
+            && links_to(&b, &a_id) == 1;
+        resolved.then_some(())
+    });
+    let mut wa = ws_client(&a);
+    let mut wb = ws_client(&b);
+    wa.put("one-link", json!(1));
+    wb.wait_value("one-link", &json!(1));
+    assert!(
+        a.log().contains("stopped dialing"),
+        "a's websocket dialer to b stopped: the Hyperswarm link stays"
+    );
+}
