@@ -231,7 +231,8 @@ pub struct HyperswarmConfig {
     /// Tell peers we cannot be dialed directly (behind a NAT), so they
     /// holepunch; off for a server whose UDP port is reachable.
     pub firewalled: bool,
-    /// Most Hyperswarm connections at once.
+    /// Most Hyperswarm connections at once (each may hold about 18 MiB
+    /// while a message arrives: see `crate::hyperswarm`).
     pub max_peers: usize,
 }
 
@@ -243,7 +244,7 @@ impl Default for HyperswarmConfig {
             host: "0.0.0.0".into(),
             port: 0,
             firewalled: false,
-            max_peers: 64,
+            max_peers: 32,
         }
     }
 }

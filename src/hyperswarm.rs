@@ -11,12 +11,13 @@
 //! sees one more connection with the same limits, verification and relay.
 //!
 //! Bounds: at most `max_peers` connections (the swarm's own cap); per
-//! connection at most `LINK_QUEUE` messages of at most `max_message_bytes`
-//! waiting for the session, and the session reads only with credit, so a
-//! flood stops being read (UDX then slows its sender). peeroxide reads a
-//! whole secret-stream message before we see its size (its wire limit is
-//! 16 MiB), so a connection costs at most 16 MiB more while one such
-//! message arrives; a message over `max_message_bytes` closes it.
+//! connection one message (at most `max_message_bytes`) waiting for the
+//! session and one waiting there for credit, so a flood stops being read
+//! (UDX then slows its sender). peeroxide reads a whole secret-stream
+//! message before we see its size (its wire limit is 16 MiB), so a
+//! connection may hold 16 MiB more while one such message arrives; a
+//! message over `max_message_bytes` then closes it. Worst case per
+//! connection with the default 1 MiB limit: about 18 MiB.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,8 +30,9 @@ use futures_util::{Sink, Stream};
 use sha2::Digest;
 use tokio::sync::mpsc;
 
-/// Messages of one link waiting for its session.
-const LINK_QUEUE: usize = 4;
+/// Messages of one link waiting for its session (more only add memory:
+/// the session takes them as fast as its credit allows).
+const LINK_QUEUE: usize = 1;
 /// How long the swarm may take to bootstrap and join before start fails.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -44,6 +44,8 @@ const DEFAULT_MAX_PEERS: usize = 64;
 /// How long the larger key waits before its first dial (tooldb-node
 /// patch), plus up to as much again at random.
 const DIAL_SECOND_MS: u64 = 2000;
+/// Deadline of one dial (tooldb-node patch).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_PARALLEL: usize = 3;
 
 // ── Retry backoff tiers (matching Node.js lib/retry-timer.js) ────────────────
@@ -855,10 +857,20 @@ impl SwarmActor {
             tokio::spawn(async move {
                 let conn_runtime = UdxRuntime::shared(rh);
                 tracing::debug!(pk = %short_hex(&pk), "connecting to peer");
-                match dht
-                    .connect_with_options(&key_pair, pk, &relay_addrs, &conn_runtime, connect_opts)
-                    .await
-                {
+                // tooldb-node patch: a dial with no deadline could hang,
+                // leaving the peer "connecting" (never dialed again) and a
+                // parallel-dial slot taken for good.
+                let attempt = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    dht.connect_with_options(&key_pair, pk, &relay_addrs, &conn_runtime, connect_opts),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(peeroxide_dht::hyperdht::HyperDhtError::HandshakeFailed(
+                        "connect timed out".into(),
+                    ))
+                });
+                match attempt {
                     Ok(conn) => {
                         tracing::info!(
                             target: "peeroxide::_events::peer::connected",
@@ -1257,9 +1269,20 @@ impl SwarmActor {
             let client_addr_for_task = client_address.clone();
             let failure_tx = self.server_failure_tx.clone();
             tokio::spawn(async move {
-                match create_server_connection(rh, dht, local_stream_id, &remote_udx, &client_addr_for_task, &nw_result)
-                    .await
-                {
+                // tooldb-node patch: with no deadline, a stream that never
+                // came kept the peer's slot reserved for good, so the peer
+                // counted as connected and was never dialed or accepted.
+                let made = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    create_server_connection(rh, dht, local_stream_id, &remote_udx, &client_addr_for_task, &nw_result),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(SwarmError::Dht(peeroxide_dht::hyperdht::HyperDhtError::StreamEstablishment(
+                        "timed out".into(),
+                    )))
+                });
+                match made {
                     Ok((conn, runtime)) => {
                         let swarm_conn = SwarmConnection {
                             peer: conn,
