@@ -32,9 +32,9 @@ use actix_ws::AggregatedMessage;
 use crate::actors::Services;
 use crate::flow::{self, Credit, Gated, Outbox, WriterEnd};
 use crate::messages::connection::{CloseConnection, ConnHandle};
-use crate::messages::crypto::{SignPeer, VerifyPing};
+use crate::messages::crypto::VerifyPing;
 use crate::messages::hub::{
-    next_conn_id, ConnId, ConnectionClosed, ConnectionIdentified, FrameReceived, GetSelfPeer, Via,
+    next_conn_id, ConnId, ConnectionClosed, ConnectionIdentified, FrameReceived, Via,
 };
 use crate::messages::wire::{
     error_frame, new_message_id, Extensions, Ping, WireError, WireLimits, WireMessage,
@@ -101,6 +101,15 @@ impl ClientSession {
         session: actix_ws::Session,
         frames: Frames,
     ) -> Self {
+        Self::on(
+            services,
+            remote,
+            Socket::Websocket(session, frames),
+            Via::Websocket,
+        )
+    }
+
+    fn on(services: Services, remote: String, socket: Socket, via: Via) -> Self {
         let outbox = services.outbox();
         ClientSession {
             conn: next_conn_id(),
@@ -112,8 +121,8 @@ impl ClientSession {
             outbox,
             closing: false,
             reported: false,
-            socket: Some(Socket::Websocket(session, frames)),
-            via: Via::Websocket,
+            socket: Some(socket),
+            via,
             _slot: None,
             unfinished: None,
             cause: None,
@@ -122,60 +131,31 @@ impl ClientSession {
 
     /// A session for a Hyperswarm connection: it pings first, as a server.
     pub fn hyperswarm(services: Services, link: crate::hyperswarm::Link) -> Self {
-        let outbox = services.outbox();
         let remote = format!("hyperswarm:{}", &link.remote[..link.remote.len().min(16)]);
         let via = Via::Hyperswarm {
             initiator: link.initiator,
         };
-        ClientSession {
-            conn: next_conn_id(),
-            services,
-            remote,
-            state: Handshake::AwaitingPing,
-            bad_frames: 0,
-            last_heard: Instant::now(),
-            outbox,
-            closing: false,
-            reported: false,
-            socket: Some(Socket::Hyperswarm(link)),
-            via,
-            _slot: None,
-            unfinished: None,
-            cause: None,
-        }
+        Self::on(services, remote, Socket::Hyperswarm(link), via)
     }
 
-    /// Our ping, with our record signed afresh for it (see
-    /// `PeerConnection::send_ping`: a record not newer than the last one
-    /// seen is refused as a replay).
+    /// Our ping, with our record signed afresh for it.
     fn send_ping(&mut self, ctx: &mut Context<Self>) {
-        let hub = self.services.hub.clone();
-        let crypto = self.services.crypto.clone();
         ctx.spawn(
-            async move {
-                let current = hub.send(GetSelfPeer).await?;
-                crypto
-                    .send(SignPeer {
-                        topic: current.topic,
-                        host: current.host,
-                        port: current.port,
-                        ssl: current.ssl,
-                    })
-                    .await
-            }
-            .into_actor(self)
-            .map(|res, act, _| {
-                let Ok(peer) = res else { return };
-                let ping = WireMessage::Ping(Ping {
-                    id: new_message_id(),
-                    to: vec![act.services.client_id.to_string()],
-                    client_id: act.services.client_id.to_string(),
-                    is_server: true,
-                    peer: Some(serde_json::to_value(peer).expect("peer serialises")),
-                    ext: Some(Extensions::ours()),
-                });
-                let _ = act.outbox.push(ping.to_text().into());
-            }),
+            self.services
+                .fresh_self_peer()
+                .into_actor(self)
+                .map(|res, act, _| {
+                    let Ok(peer) = res else { return };
+                    let ping = WireMessage::Ping(Ping {
+                        id: new_message_id(),
+                        to: vec![act.services.client_id.to_string()],
+                        client_id: act.services.client_id.to_string(),
+                        is_server: true,
+                        peer: Some(serde_json::to_value(peer).expect("peer serialises")),
+                        ext: Some(Extensions::ours()),
+                    });
+                    let _ = act.outbox.push(ping.to_text().into());
+                }),
         );
     }
 

@@ -40,6 +40,29 @@ impl Services {
             .window(self.config.limits.connection_window_bytes)
     }
 
+    /// Our peer record signed afresh, for a ping: newer than the one our
+    /// pongs list, as a server refuses a ping whose record is not newer
+    /// than one it has seen (so a record copied off a pong cannot pass for
+    /// us, and a dial back to verify us does not fail until the re-sign).
+    pub fn fresh_self_peer(
+        &self,
+    ) -> impl std::future::Future<Output = Result<crate::peer::Peer, actix::MailboxError>> + 'static
+    {
+        let hub = self.hub.clone();
+        let crypto = self.crypto.clone();
+        async move {
+            let current = hub.send(crate::messages::hub::GetSelfPeer).await?;
+            crypto
+                .send(crate::messages::crypto::SignPeer {
+                    topic: current.topic,
+                    host: current.host,
+                    port: current.port,
+                    ssl: current.ssl,
+                })
+                .await
+        }
+    }
+
     /// A new connection's outbox.
     pub fn outbox(&self) -> crate::flow::Outbox {
         crate::flow::Outbox::new(self.config.limits.outbox()).metered(self.metrics.clone())

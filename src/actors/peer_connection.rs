@@ -25,9 +25,9 @@ use crate::backoff::backoff_delay;
 use crate::endpoint::Endpoint;
 use crate::flow::{self, Credit, Gated, Outbox, WriterEnd};
 use crate::messages::connection::{CloseConnection, ConnHandle};
-use crate::messages::crypto::{SignPeer, VerifyServers};
+use crate::messages::crypto::VerifyServers;
 use crate::messages::hub::{
-    next_conn_id, ConnId, ConnectionClosed, ConnectionIdentified, FrameReceived, GetSelfPeer,
+    next_conn_id, ConnId, ConnectionClosed, ConnectionIdentified, FrameReceived,
 };
 use crate::messages::registry::{DialGaveUp, GaveUpReason};
 use crate::messages::wire::{new_message_id, Extensions, Ping, Pong, WireLimits, WireMessage};
@@ -159,43 +159,27 @@ impl PeerConnection {
     }
 
     fn send_ping(&mut self, ctx: &mut Context<Self>) {
-        let hub = self.services.hub.clone();
-        let crypto = self.services.crypto.clone();
-        // A record signed for this ping, newer than the one our pongs list:
-        // a server that dialed us has seen that one, and refuses a ping
-        // that is not newer than it as a replay (so a record copied off a
-        // pong cannot pass for us). With the listed record, a dial back to
-        // verify a server's claim failed until the next re-sign (minutes).
         ctx.spawn(
-            async move {
-                let current = hub.send(GetSelfPeer).await?;
-                crypto
-                    .send(SignPeer {
-                        topic: current.topic,
-                        host: current.host,
-                        port: current.port,
-                        ssl: current.ssl,
-                    })
-                    .await
-            }
-            .into_actor(self)
-            .map(|res, act, ctx| {
-                let Ok(peer) = res else {
-                    return ctx.stop();
-                };
-                let id = new_message_id();
-                let ping = WireMessage::Ping(Ping {
-                    id: id.clone(),
-                    to: vec![act.services.client_id.to_string()],
-                    client_id: act.services.client_id.to_string(),
-                    is_server: true,
-                    peer: Some(serde_json::to_value(peer).expect("peer serialises")),
-                    ext: Some(Extensions::ours()),
-                });
-                act.state = State::AwaitingPong(id);
-                // The outbox is empty: a ping always fits.
-                let _ = act.outbox.push(ping.to_text().into());
-            }),
+            self.services
+                .fresh_self_peer()
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    let Ok(peer) = res else {
+                        return ctx.stop();
+                    };
+                    let id = new_message_id();
+                    let ping = WireMessage::Ping(Ping {
+                        id: id.clone(),
+                        to: vec![act.services.client_id.to_string()],
+                        client_id: act.services.client_id.to_string(),
+                        is_server: true,
+                        peer: Some(serde_json::to_value(peer).expect("peer serialises")),
+                        ext: Some(Extensions::ours()),
+                    });
+                    act.state = State::AwaitingPong(id);
+                    // The outbox is empty: a ping always fits.
+                    let _ = act.outbox.push(ping.to_text().into());
+                }),
         );
     }
 
