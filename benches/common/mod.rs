@@ -125,18 +125,7 @@ pub fn http_json(port: u16, path: &str) -> serde_json::Value {
 pub fn connect_as_server(port: u16) -> (Ws, std::sync::mpsc::Receiver<(String, Instant)>) {
     let (tx, rx) = std::sync::mpsc::channel();
     use serde_json::Value;
-    let health: Value = {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        use std::io::{Read, Write};
-        write!(
-            s,
-            "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap()
-    };
+    let health = http_json(port, "/health");
     let node_address = health["address"].as_str().unwrap().to_owned();
     let key = (0..1000)
         .map(|_| NodeKey::generate(KeyScheme::Secp256k1))
@@ -201,17 +190,7 @@ pub fn connect_as_server(port: u16) -> (Ws, std::sync::mpsc::Receiver<(String, I
             Instant::now() < deadline,
             "the node never proved the bench's server"
         );
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        use std::io::{Read, Write};
-        write!(
-            s,
-            "GET /peers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        let peers: Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap_or("null"))
-            .unwrap_or_default();
+        let peers = http_json(port, "/peers");
         let proved = peers["servers"].as_array().is_some_and(|s| {
             s.iter()
                 .any(|s| s["clientId"] == me.as_str() && s["state"] == "connected")
