@@ -119,6 +119,29 @@ impl Connections {
 
     /// Makes `conn` its client's current connection.
     pub fn insert(&mut self, id: ConnId, conn: Conn) {
+        self.insert_as(id, conn, true);
+    }
+
+    /// Adds `conn` beside the client's current server link, which stays
+    /// current: the new one is the side of a duplicate pair the registry
+    /// is about to close, and what is sent on it (a relayed get) is lost.
+    pub fn insert_second(&mut self, id: ConnId, conn: Conn) {
+        let current_is_server = self
+            .by_client
+            .get(&conn.client_id)
+            .and_then(|c| self.conns.get(c))
+            .is_some_and(|c| c.is_server);
+        self.insert_as(id, conn, !current_is_server);
+    }
+
+    fn insert_as(&mut self, id: ConnId, conn: Conn, current: bool) {
+        if !current {
+            self.count(&conn, 1);
+            if let Some(old) = self.conns.insert(id, conn) {
+                self.count(&old, -1);
+            }
+            return;
+        }
         self.by_client.insert(conn.client_id.clone(), id);
         if conn.is_server {
             self.servers.insert(conn.client_id.clone());

@@ -1120,27 +1120,36 @@ impl Handler<ConnectionIdentified> for Hub {
             .filter(|_| verified_server)
             .map(|p| p.address.clone());
         let trusted_address = address.clone();
-        self.conns.insert(
-            msg.conn,
-            Conn {
-                handle: msg.handle,
-                client_id: msg.client_id,
-                address,
-                reconcile: verified_server && msg.reconcile,
-                wants_missing: msg.wants_missing,
-                is_server: verified_server,
-                outbound: msg.outbound,
-                anonymous,
-                invalid_records: 0,
-                peer_timestamp: msg.peer.as_ref().map(|p| p.timestamp),
-                claim: claim.map(|peer| Claim {
-                    peer,
-                    reconcile: msg.reconcile,
-                }),
-                listed: ListedBudget::default(),
-                reads: Default::default(),
-            },
-        );
+        // A second link to a server we already hold a link to, of the side
+        // the registry drops (it keeps the one the smaller address dialed):
+        // the held link stays current, so nothing is relayed onto a link
+        // about to close (seen in CI: a relayed get lost that way).
+        let doomed = address.as_ref().is_some_and(|a| {
+            msg.outbound != crate::registry::keep_outbound(&self.settings.address, a)
+        });
+        let conn = Conn {
+            handle: msg.handle,
+            client_id: msg.client_id,
+            address,
+            reconcile: verified_server && msg.reconcile,
+            wants_missing: msg.wants_missing,
+            is_server: verified_server,
+            outbound: msg.outbound,
+            anonymous,
+            invalid_records: 0,
+            peer_timestamp: msg.peer.as_ref().map(|p| p.timestamp),
+            claim: claim.map(|peer| Claim {
+                peer,
+                reconcile: msg.reconcile,
+            }),
+            listed: ListedBudget::default(),
+            reads: Default::default(),
+        };
+        if doomed {
+            self.conns.insert_second(msg.conn, conn);
+        } else {
+            self.conns.insert(msg.conn, conn);
+        }
         if let Some(ping_id) = msg.ping_id {
             self.send_pong(msg.conn, &ping_id);
         }

@@ -254,6 +254,46 @@ async fn closing_a_duplicate_link_keeps_relaying_on_the_survivor() {
     assert_eq!(relayed["data"]["h"], rec.hash.as_str());
 }
 
+/// A server's second link, of the side the registry drops (here the
+/// inbound one: our address is the smaller, so our dial stays), does not
+/// take the relays from the link that stays: what is sent on a link about
+/// to close is lost (seen in CI: a relayed get).
+#[actix::test]
+async fn a_second_link_the_registry_drops_does_not_take_the_relays() {
+    let s = setup();
+    let k = (0..1000)
+        .map(|_| NodeKey::generate(KeyScheme::P256))
+        .find(|k| crate::registry::keep_outbound(s.key.address(), k.address()))
+        .expect("a key sorting above ours");
+    let ours = Fake::new();
+    let theirs = Fake::new();
+    let peer = |t| Some(Peer::sign(&k, "t", "h", 2, t));
+    // Our dial first (it proves the server), then its dial of us.
+    ours.identify(&s.hub, k.client_id(), peer(now_ms()));
+    ours.wait("pong", |v| v["type"] == "pong").await;
+    s.hub.do_send(ConnectionIdentified {
+        conn: theirs.conn,
+        handle: theirs.handle.clone(),
+        client_id: k.client_id().into(),
+        is_server: true,
+        peer: peer(now_ms() + 1),
+        outbound: false,
+        dialed: None,
+        reconcile: false,
+        wants_missing: false,
+        ping_id: Some("ping".into()),
+        servers: vec![],
+        via: Via::Websocket,
+    });
+    theirs.wait("pong", |v| v["type"] == "pong").await;
+    let writer = Fake::new();
+    writer.identify(&s.hub, "writer", None);
+    put_new_record(&s, &writer, "k", json!(1));
+    ours.wait("the relay on the link that stays", |v| v["type"] == "put")
+        .await;
+    assert_eq!(theirs.count(|v| v["type"] == "put"), 0);
+}
+
 #[actix::test]
 async fn a_connection_to_ourselves_is_closed() {
     let s = setup();
