@@ -353,20 +353,6 @@ fn junk_oversize_and_floods_close_that_link_and_the_node_serves_on() {
     );
 }
 
-/// `tooldb-node` (a client command) with `args`; its stdout, and whether it succeeded.
-fn client(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
-        .args(args)
-        .args(["--no-lan"])
-        .output()
-        .expect("the binary runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn our_client_reads_and_writes_through_a_js_hyperswarm_peer() {
     let (_tn, boot) = testnet();
@@ -386,7 +372,7 @@ fn our_client_reads_and_writes_through_a_js_hyperswarm_peer() {
         "30",
     ];
     let t0 = Instant::now();
-    let (ok, out, err) = client(&[&["get", "js-held"][..], &hs[..]].concat());
+    let (ok, out, err) = common::cli(&[&["get", "js-held"][..], &hs[..]].concat());
     assert!(ok, "get failed: {err}");
     let record: Value = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
     assert_eq!(record["v"], "kept by js", "{out} {err}");
@@ -397,7 +383,7 @@ fn our_client_reads_and_writes_through_a_js_hyperswarm_peer() {
 
     // P-256: the JS server verifies with @tool-db/ecdsa-user.
     let put = ["put", "rust-wrote", "\"hi js\"", "--key-scheme", "p256"];
-    let (ok, _, err) = client(&[&put[..], &hs[..]].concat());
+    let (ok, _, err) = common::cli(&[&put[..], &hs[..]].concat());
     assert!(ok, "put failed: {err}");
     let got = js.cmd(json!({"cmd":"local","key":"rust-wrote"}));
     assert_eq!(got["record"]["v"], "hi js", "{got}");

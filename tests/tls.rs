@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::tls::{https_get, served_cert, tls_connect_from, Ca, Leaf};
-use common::{free_port, wait_for, NodeProc, RawPeer};
+use common::{cli, free_port, wait_for, NodeProc, RawPeer};
 use rustls::ClientConfig;
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
@@ -345,20 +345,6 @@ fn a_server_dials_a_tls_server_over_wss_and_verifies_its_certificate() {
         },
     );
     assert!(!common::connected_to(&untrusting, &a_id));
-}
-
-/// Runs a client command with `--no-lan`: (success, stdout, stderr).
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
-        .args(args)
-        .arg("--no-lan")
-        .output()
-        .expect("the binary runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Our CLI client puts and gets over wss: with `--tls-ca-file` it reaches

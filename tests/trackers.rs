@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{ensure_harness, interop_dir, wait_for, NodeProc, RawPeer, TOPIC};
+use common::{ensure_harness, interop_dir, node_script, wait_for, NodeProc, RawPeer, TOPIC};
 use serde_json::{json, Value};
 use tooldb_node::tracker::{info_hash, topic_server_name, TrackerError};
 use tungstenite::Message;
@@ -65,24 +65,9 @@ fn harness(cmd: &str, args: &[&str]) -> Value {
 
 /// `harness` with environment variables for Node.js.
 fn harness_env(cmd: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
-    ensure_harness();
-    let out = Command::new("node")
-        .arg(interop_dir().join("trackers.js"))
-        .arg(cmd)
-        .args(args)
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "trackers.js {cmd} failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("trackers.js {cmd} printed {stdout:?}: {e}"))
+    let mut all = vec![cmd];
+    all.extend_from_slice(args);
+    node_script("trackers.js", &all, env)
 }
 
 fn node_on(tracker: &str, name: &str) -> NodeProc {
@@ -99,16 +84,10 @@ fn tracker_events(node: &NodeProc) -> Value {
 /// `tooldb-node get KEY` with `extra` flags (never the LAN or the DHT),
 /// giving up after `timeout` seconds without a server.
 fn cli_get(key: &str, timeout: u32, extra: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
-        .args(["get", key, "--no-lan", "--timeout", &timeout.to_string()])
-        .args(extra)
-        .output()
-        .expect("the binary runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let timeout = timeout.to_string();
+    let args = [&["get", key, "--timeout", &timeout][..], extra].concat();
+    let (ok, out, err) = common::cli(&args);
+    (ok, out.trim().to_owned(), err)
 }
 
 #[test]

@@ -460,13 +460,34 @@ pub fn scenario(name: &str, args: &[&str]) -> Value {
 /// Like `scenario`, with environment variables for Node.js (e.g.
 /// `NODE_EXTRA_CA_CERTS`).
 pub fn scenario_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
-    ensure_harness();
-    let dir = interop_dir();
-    let out = Command::new("node")
-        .arg(dir.join("run.js"))
-        .arg(name)
+    let mut all = vec![name];
+    all.extend_from_slice(args);
+    all.push("--quiet");
+    node_script("run.js", &all, env)
+}
+
+/// Runs a `tooldb-node` client command with `--no-lan` (tests on one host
+/// would find each other's servers): (success, stdout, stderr).
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
         .args(args)
-        .arg("--quiet")
+        .arg("--no-lan")
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `node tests/interop/SCRIPT ARGS...` (the harness installed first)
+/// and returns the one JSON line it prints; fails with its stderr.
+pub fn node_script(script: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
+    ensure_harness();
+    let out = Command::new("node")
+        .arg(interop_dir().join(script))
+        .args(args)
         .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .output()
@@ -474,12 +495,12 @@ pub fn scenario_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "scenario {name} failed: {}\n{}",
+        "{script} {args:?} failed: {}\n{stdout}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("scenario {name} printed {stdout:?}: {e}"))
+        .unwrap_or_else(|e| panic!("{script} {args:?} printed {stdout:?}: {e}"))
 }
 
 impl RawPeer {
