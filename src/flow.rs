@@ -374,8 +374,28 @@ impl Outbox {
 
     /// Drops what is pending and sends a close frame next.
     pub fn close(&self, code: CloseCode, reason: &str) {
+        self.close_with(code, reason, false);
+    }
+
+    /// Sends what is already queued, then the close frame; nothing queued
+    /// after. For a close that must not lose a frame just pushed: a pong
+    /// before a duplicate or self close is the dialer's proof of who we are.
+    pub fn close_after_pending(&self, code: CloseCode, reason: &str) {
+        self.close_with(code, reason, true);
+    }
+
+    fn close_with(&self, code: CloseCode, reason: &str, keep_pending: bool) {
         let mut s = self.lock();
         if s.closed || s.close.is_some() {
+            return;
+        }
+        if keep_pending {
+            s.close = Some(CloseReason {
+                code,
+                description: Some(truncate_reason(reason)),
+            });
+            drop(s);
+            self.writer.notify_one();
             return;
         }
         s.queue.clear();
@@ -620,6 +640,37 @@ mod tests {
         assert_eq!(o.push("more".into()), Err(OutboxError::Closed));
         let reason = o.close_reason().unwrap();
         assert_eq!(reason.description.unwrap().len(), MAX_CLOSE_REASON);
+    }
+
+    #[test]
+    fn close_after_pending_sends_the_queue_first() {
+        let o = Outbox::new(limits(10, 100));
+        o.push("pong".into()).unwrap();
+        o.close_after_pending(CloseCode::Policy, "duplicate");
+        assert_eq!(o.push("more".into()), Err(OutboxError::Closed));
+        let texts = o.take_texts();
+        assert_eq!(texts, vec![ByteString::from("pong")], "the pong is kept");
+        assert_eq!(o.close_reason().unwrap().code, CloseCode::Policy);
+    }
+
+    #[actix::test]
+    async fn a_writer_sends_the_pending_pong_before_the_close_frame() {
+        let o = Outbox::new(limits(10, 100));
+        o.push("pong".into()).unwrap();
+        o.close_after_pending(CloseCode::Policy, "duplicate");
+        let mut sent = vec![];
+        while let Some(m) = o.next().await {
+            sent.push(m);
+        }
+        assert!(
+            matches!(&sent[0], Message::Text(t) if t == "pong"),
+            "{sent:?}"
+        );
+        assert!(
+            matches!(&sent[1], Message::Close(Some(r)) if r.code == CloseCode::Policy),
+            "{sent:?}"
+        );
+        assert_eq!(sent.len(), 2);
     }
 
     #[actix::test]

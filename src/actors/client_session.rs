@@ -183,12 +183,27 @@ impl ClientSession {
         code: CloseCode,
         reason: String,
     ) {
+        self.close_with(cause, ctx, code, reason, false)
+    }
+
+    fn close_with(
+        &mut self,
+        cause: CloseCause,
+        ctx: &mut Context<Self>,
+        code: CloseCode,
+        reason: String,
+        after_pending: bool,
+    ) {
         if self.closing {
             return;
         }
         self.closing = true;
         self.cause.get_or_insert(cause);
-        self.outbox.close(code, &reason);
+        if after_pending {
+            self.outbox.close_after_pending(code, &reason);
+        } else {
+            self.outbox.close(code, &reason);
+        }
         self.report_closed();
         let wait = Duration::from_secs(self.services.config.limits.write_timeout_secs);
         ctx.run_later(wait, |_, ctx| ctx.stop());
@@ -575,7 +590,7 @@ impl Handler<WriterEnded> for ClientSession {
 impl Handler<CloseConnection> for ClientSession {
     type Result = ();
     fn handle(&mut self, msg: CloseConnection, ctx: &mut Self::Context) {
-        self.close(msg.cause, ctx, msg.code, msg.reason);
+        self.close_with(msg.cause, ctx, msg.code, msg.reason, msg.after_pending);
     }
 }
 

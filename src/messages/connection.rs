@@ -16,6 +16,8 @@ pub struct CloseConnection {
     pub reason: String,
     /// What the close is counted as (`tooldb_connections_closed_total`).
     pub cause: CloseCause,
+    /// Send what is already queued first (see `Outbox::close_after_pending`).
+    pub after_pending: bool,
 }
 
 impl CloseConnection {
@@ -25,6 +27,7 @@ impl CloseConnection {
             code: CloseCode::Policy,
             reason: reason.into(),
             cause: CloseCause::BadInput,
+            after_pending: false,
         }
     }
 
@@ -34,12 +37,19 @@ impl CloseConnection {
             code: CloseCode::Away,
             reason: reason.into(),
             cause: CloseCause::Shutdown,
+            after_pending: false,
         }
     }
 
     /// Counted as `cause`.
     pub fn because(mut self, cause: CloseCause) -> Self {
         self.cause = cause;
+        self
+    }
+
+    /// The frames queued before this close (a pong) still go out.
+    pub fn after_pending(mut self) -> Self {
+        self.after_pending = true;
         self
     }
 }

@@ -1057,7 +1057,8 @@ impl Handler<ConnectionIdentified> for Hub {
             }
             msg.handle.close.do_send(
                 CloseConnection::policy("this is the same node: refusing a connection to itself")
-                    .because(CloseCause::Myself),
+                    .because(CloseCause::Myself)
+                    .after_pending(),
             );
             return;
         }
@@ -1383,7 +1384,14 @@ impl Handler<DropConnection> for Hub {
         if let Some(c) = self.conns.get(msg.conn) {
             c.handle
                 .close
-                .do_send(CloseConnection::policy(msg.reason).because(CloseCause::Duplicate));
+                // After the pong already queued: the dialer on the other
+                // side needs it to trust the link we keep (CI: without it
+                // the two never agreed and stayed unconnected).
+                .do_send(
+                    CloseConnection::policy(msg.reason)
+                        .because(CloseCause::Duplicate)
+                        .after_pending(),
+                );
         }
     }
 }

@@ -7,9 +7,12 @@ use crate::messages::connection::ConnHandle;
 use crate::record::{now_ms, sign_record};
 use std::sync::{Arc, Mutex};
 
-/// A connection whose outbox the test reads; closes are recorded.
+/// A connection whose outbox the test reads; closes are recorded and
+/// applied to the outbox as a real session does (pending output dropped
+/// unless the close asks to send it first).
 struct FakeConn {
     closed: Arc<Mutex<Option<String>>>,
+    outbox: Outbox,
 }
 impl Actor for FakeConn {
     type Context = Context<Self>;
@@ -17,6 +20,11 @@ impl Actor for FakeConn {
 impl Handler<CloseConnection> for FakeConn {
     type Result = ();
     fn handle(&mut self, m: CloseConnection, _: &mut Context<Self>) {
+        if m.after_pending {
+            self.outbox.close_after_pending(m.code, &m.reason);
+        } else {
+            self.outbox.close(m.code, &m.reason);
+        }
         *self.closed.lock().unwrap() = Some(m.reason);
     }
 }
@@ -40,6 +48,7 @@ impl Fake {
         let closed = Arc::new(Mutex::new(None));
         let addr = FakeConn {
             closed: closed.clone(),
+            outbox: outbox.clone(),
         }
         .start();
         Fake {
@@ -292,6 +301,45 @@ async fn a_second_link_the_registry_drops_does_not_take_the_relays() {
     ours.wait("the relay on the link that stays", |v| v["type"] == "put")
         .await;
     assert_eq!(theirs.count(|v| v["type"] == "put"), 0);
+}
+
+/// Regression (CI, tests/lan.rs): the registry closes the other server's
+/// dial of us as a duplicate right after the hub queued its pong. The
+/// close dropped the queued pong, so that server never verified us, never
+/// trusted the link we kept, and the two stayed unconnected.
+#[actix::test]
+async fn a_duplicate_close_still_sends_the_pong_it_follows() {
+    let s = setup();
+    let k = NodeKey::generate(KeyScheme::P256);
+    let theirs = Fake::new();
+    s.hub.do_send(ConnectionIdentified {
+        conn: theirs.conn,
+        handle: theirs.handle.clone(),
+        client_id: k.client_id().into(),
+        is_server: true,
+        peer: Some(Peer::sign(&k, "t", "h", 2, now_ms())),
+        outbound: false,
+        dialed: None,
+        reconcile: true,
+        wants_missing: false,
+        ping_id: Some("ping".into()),
+        servers: vec![],
+        via: Via::Websocket,
+    });
+    // Sent at once, as the registry does, before anyone drains the outbox.
+    s.hub.do_send(DropConnection {
+        conn: theirs.conn,
+        reason: "duplicate".into(),
+    });
+    for _ in 0..200 {
+        if theirs.closed.lock().unwrap().is_some() {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(theirs.closed.lock().unwrap().is_some(), "closed");
+    let pong = theirs.wait("pong", |v| v["type"] == "pong").await;
+    assert_eq!(pong["id"], "ping");
 }
 
 #[actix::test]
