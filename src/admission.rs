@@ -239,7 +239,7 @@ impl Unfinished {
     /// Counts `n` bytes taken from the socket; false if this socket must
     /// be cut off (the node's total is over its limit and this socket holds
     /// more than a small message).
-    fn add(&self, n: usize) -> bool {
+    pub fn add(&self, n: usize) -> bool {
         let s = &self.state;
         let mine = s.bytes.fetch_add(n, Ordering::Relaxed) + n;
         let total = s.total.fetch_add(n, Ordering::Relaxed) + n;

@@ -31,3 +31,4 @@ pub mod status;
 pub mod tls;
 pub mod tracker;
 pub mod transport;
+pub mod websocket;

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_web::{web, App, FromRequest, HttpRequest, HttpResponse, HttpServer};
+use actix_codec::Framed;
+use actix_http::h1;
+use actix_web::{web, App, HttpResponse};
+use futures_util::SinkExt;
 
 use crate::actors::client_session::ClientSession;
 use crate::actors::crypto::Crypto;
@@ -501,9 +504,10 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         admission,
         dht: dht.clone(),
     };
-    let server = HttpServer::new(move || {
+    let app_state = web_services.clone();
+    let app = move || {
         App::new()
-            .app_data(web::Data::new(web_services.clone()))
+            .app_data(web::Data::new(app_state.clone()))
             .route("/health", web::get().to(health))
             .route("/peers", web::get().to(peers_route))
             .route("/status.json", web::get().to(status_route))
@@ -523,35 +527,73 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
                 "/favicon.ico",
                 web::get().to(|| async { crate::status::favicon() }),
             )
-            .route(
-                "/",
-                web::get().to(move |req, stream| ws_route(req, stream, max_frame)),
-            )
-    })
-    .workers(cores)
-    // Pushes and relays are small frames written one by one: with Nagle's
-    // algorithm a frame waited for the peer's delayed ACK (~40 ms), which
-    // was the `load` bench's put -> subscriber p99 at 500 puts/s.
-    .tcp_nodelay(true)
-    // Plain TCP connections per worker: what the open-file limit allows
-    // beside the headroom. Websockets are capped below this (max_connections)
-    // so an HTTP request such as /health still gets in when they are full;
-    // a socket that sends no request is closed after 5 s (actix's
-    // client_request_timeout).
-    .max_connections((fd_room / cores).max(64))
-    // Signals are ours: a stop first closes sockets with a close frame.
-    .disable_signals()
-    .shutdown_timeout(2)
+            // A browser (or curl) gets the status page; websocket upgrades
+            // never reach the router (see `ws_upgrade`).
+            .route("/", web::get().to(|| async { crate::status::index() }))
+    };
+    let addr = listener.local_addr().map_err(StartError::Listen)?;
     // After our close frame, what is queued still has to reach a slow
-    // reader (its close reason included); actix's default of 1 s dropped it.
-    .client_disconnect_timeout(Duration::from_secs(config.limits.write_timeout_secs));
+    // reader; actix's default of 1 s dropped it (HTTP answers; websockets
+    // are written by their own writer, bounded by write_timeout_secs).
+    let disconnect = Duration::from_secs(config.limits.write_timeout_secs);
+    // The websocket port is actix-web's App behind an actix-http service
+    // whose upgrade handler takes websockets off the HTTP dispatcher (its
+    // buffers cost ~16 KiB per idle client): `HttpServer` cannot install
+    // one.
+    macro_rules! http_service {
+        () => {{
+            let upgrade_state = web_services.clone();
+            actix_http::HttpService::build()
+                .keep_alive(Duration::from_secs(5))
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(disconnect)
+                // Pushes and relays are small frames written one by one:
+                // with Nagle's algorithm a frame waited for the peer's
+                // delayed ACK (~40 ms), which was the `load` bench's put ->
+                // subscriber p99 at 500 puts/s.
+                .tcp_nodelay(true)
+                .local_addr(addr)
+                .upgrade(actix_service::fn_service(move |(req, framed)| {
+                    let upgrade = ws_upgrade(upgrade_state.clone(), max_frame, req, framed);
+                    async move {
+                        // The socket is ours: a failed answer only ends it.
+                        if let Err(e) = upgrade.await {
+                            tracing::debug!(error = %e, "an upgrade request failed");
+                        }
+                        Ok::<(), actix_http::Error>(())
+                    }
+                }))
+                .finish(actix_service::map_config(
+                    actix_service::ServiceFactoryExt::map_err(
+                        actix_service::IntoServiceFactory::into_factory(app()),
+                        |e: actix_web::Error| e.error_response(),
+                    ),
+                    |_: ()| actix_web::dev::AppConfig::default(),
+                ))
+        }};
+    }
+    let server = actix_server::Server::build()
+        .workers(cores)
+        // Plain TCP connections per worker while their HTTP request is
+        // served: what the open-file limit allows beside the headroom.
+        // Websockets leave this count once upgraded and are capped by
+        // admission (max_connections) below it, so an HTTP request such as
+        // /health still gets in when they are full; a socket that sends no
+        // request is closed after 5 s (client_request_timeout).
+        .max_concurrent_connections((fd_room / cores).max(64))
+        // Signals are ours: a stop first closes sockets with a close frame.
+        .disable_signals()
+        .shutdown_timeout(2);
     let tls_on = tls.is_some();
     let mut acme = None;
     let mut acme_http = None;
+    let name = format!("tooldb-{addr}");
     let server = match tls {
         Some(TlsSource::Files(watcher, server_config)) => {
             let server = server
-                .listen_rustls_0_23(listener, server_config)
+                .listen(&name, listener, move || {
+                    http_service!().rustls_0_23(server_config.clone())
+                })
                 .map_err(StartError::Listen)?;
             // The watcher lives as long as the server's TLS configuration.
             watcher.start().map_err(StartError::TlsWatcher)?;
@@ -559,7 +601,9 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
         }
         Some(TlsSource::Acme(issuer, http01, server_config)) => {
             let server = server
-                .listen_rustls_0_23(listener, server_config)
+                .listen(&name, listener, move || {
+                    http_service!().rustls_0_23(server_config.clone())
+                })
                 .map_err(StartError::Listen)?;
             if let Some((listener, tokens)) = http01 {
                 let addr = listener.local_addr().map_err(StartError::Listen)?;
@@ -573,7 +617,9 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Node, StartError> 
             acme = Some(crate::actors::acme::AcmeIssuer::supervised(issuer));
             server
         }
-        None => server.listen(listener).map_err(StartError::Listen)?,
+        None => server
+            .listen(&name, listener, move || http_service!().tcp())
+            .map_err(StartError::Listen)?,
     }
     .run();
     let (metrics_addr, metrics_http) = match metrics_listener {
@@ -769,25 +815,62 @@ struct WebState {
     dht: Option<Addr<DhtChannel>>,
 }
 
-async fn ws_route(
-    req: HttpRequest,
-    stream: web::Payload,
+/// A plain-text answer on a socket taken over for an upgrade.
+async fn answer_plain<T>(
+    mut framed: Framed<T, h1::Codec>,
+    status: actix_http::StatusCode,
+    extra: &[(&'static str, &'static str)],
+    body: String,
+) -> std::io::Result<()>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut res = actix_http::Response::with_body(status, ());
+    let headers = res.headers_mut();
+    headers.insert(
+        actix_http::header::CONTENT_TYPE,
+        actix_http::header::HeaderValue::from_static("text/plain"),
+    );
+    for (k, v) in extra {
+        headers.insert(
+            actix_http::header::HeaderName::from_static(k),
+            actix_http::header::HeaderValue::from_static(v),
+        );
+    }
+    let body = bytes::Bytes::from(body);
+    // One write: a client may read only what came with the head.
+    framed
+        .feed(h1::Message::Item((
+            res,
+            actix_http::body::BodySize::Sized(body.len() as u64),
+        )))
+        .await?;
+    framed.feed(h1::Message::Chunk(Some(body))).await?;
+    framed.send(h1::Message::Chunk(None)).await
+}
+
+/// An HTTP upgrade on the websocket port: a Tool Db peer's websocket on `/`
+/// becomes a `ClientSession` reading and writing the raw socket through
+/// `crate::websocket` (no HTTP buffers kept); anything else is refused.
+async fn ws_upgrade<T>(
+    state: WebState,
     max_frame: usize,
-) -> Result<HttpResponse, actix_web::Error> {
-    let state = req
-        .app_data::<web::Data<WebState>>()
-        .expect("state is registered");
+    req: actix_http::Request,
+    mut framed: Framed<T, h1::Codec>,
+) -> std::io::Result<()>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    use actix_http::StatusCode;
+    if req.path() != "/" {
+        return answer_plain(framed, StatusCode::NOT_FOUND, &[], "not found\n".into()).await;
+    }
+    if let Err(e) = actix_http::ws::verify_handshake(req.head()) {
+        let body = format!("tooldb-node: not a websocket handshake: {e}\n");
+        return answer_plain(framed, StatusCode::BAD_REQUEST, &[], body).await;
+    }
     let services = state.services.clone();
     let admission = state.admission.clone();
-    let is_upgrade = req
-        .headers()
-        .get("upgrade")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !is_upgrade {
-        // A browser (or curl) gets the status page; peers upgrade.
-        return Ok(crate::status::index());
-    }
     let peer_addr = req.peer_addr();
     let remote = peer_addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
     let metrics = &state.services.metrics;
@@ -803,30 +886,34 @@ async fn ws_route(
                 crate::admission::Refusal::Rate { .. } => Refused::Rate,
             });
             crate::remote_log!(info, remote = %remote, reason = %refusal, "refused a websocket");
-            return Ok(HttpResponse::ServiceUnavailable()
-                .insert_header(("retry-after", "10"))
-                .insert_header(("content-type", "text/plain"))
-                .body(format!("tooldb-node: {refusal}\n")));
+            return answer_plain(
+                framed,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &[("retry-after", "10")],
+                format!("tooldb-node: {refusal}\n"),
+            )
+            .await;
         }
     };
+    let res = actix_http::ws::handshake_response(req.head())
+        .message_body(())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    framed
+        .send(h1::Message::Item((res, actix_http::body::BodySize::None)))
+        .await?;
+    let parts = framed.into_parts();
     // What the reader takes from TCP counts as unfinished until a whole
     // message comes out (see admission.rs).
     let unfinished = admission.unfinished();
-    let mut metered: actix_web::dev::Payload = actix_web::dev::Payload::from(Box::pin(
-        unfinished.meter(stream),
-    )
-        as actix_http::BoxedPayloadStream);
-    let stream = web::Payload::from_request(&req, &mut metered).await?;
-    let (response, session, frames) = actix_ws::handle(&req, stream)?;
+    let (read, write) = tokio::io::split(parts.io);
     // One limit for a frame and for a message assembled from fragments.
-    let frames = frames
-        .max_frame_size(max_frame)
-        .aggregate_continuations()
-        .max_continuation_size(max_frame);
-    ClientSession::new(services, remote, session, frames)
+    let frames =
+        crate::websocket::WsReader::new(read, parts.read_buf, max_frame, Some(unfinished.clone()));
+    let sink = crate::websocket::WsWriter::new(write);
+    ClientSession::new(services, remote, Box::pin(sink), Box::pin(frames))
         .with_admission(slot, unfinished)
         .start();
-    Ok(response)
+    Ok(())
 }
 
 async fn health(state: web::Data<WebState>) -> HttpResponse {

@@ -1,5 +1,5 @@
 //! `ClientSession`: one inbound websocket (actix-ws), browser, Node.js
-//! client or server. Created by the HTTP route for each upgrade; it alone
+//! client or server. Created by the HTTP upgrade for each websocket; it alone
 //! reads its socket, the hub holds its `ConnHandle` (outbox and close).
 //!
 //! Reading is gated (`flow::Gated`): every frame takes credit from the
@@ -15,7 +15,7 @@
 //! wait (holding their credit); then the hub gets `ConnectionIdentified`
 //! and every frame as `FrameReceived`. It stops when the socket closes, on
 //! hostile input, when idle, or when its writer ends; its end is reported
-//! to the hub from `stopped()`. (actix-ws stays inside this file.)
+//! to the hub from `stopped()`. (Its bytes go through `crate::websocket`.)
 //!
 //! A Hyperswarm connection (`crate::hyperswarm::Link`) is a session too:
 //! the same limits and handshake, its messages as text frames; as both
@@ -47,12 +47,16 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 /// How often a socket checks that its unfinished message is not late.
 const MESSAGE_CHECK_EVERY: Duration = Duration::from_secs(5);
 
-type Frames = actix_ws::AggregatedMessageStream;
 type Item = Result<AggregatedMessage, ProtocolError>;
+/// A websocket's frames, size limits applied (`crate::websocket::WsReader`).
+pub type Frames = std::pin::Pin<Box<dyn futures_util::Stream<Item = Item>>>;
+/// Where a websocket's frames are written (`crate::websocket::WsWriter`).
+pub type FrameSink =
+    std::pin::Pin<Box<dyn futures_util::Sink<actix_http::ws::Message, Error = std::io::Error>>>;
 
 /// What the session reads and writes.
 enum Socket {
-    Websocket(actix_ws::Session, Frames),
+    Websocket(FrameSink, Frames),
     Hyperswarm(crate::hyperswarm::Link),
 }
 
@@ -95,16 +99,11 @@ pub struct ClientSession {
 impl ClientSession {
     /// A session for an upgraded socket: `frames` already carries the
     /// frame and message size limits.
-    pub fn new(
-        services: Services,
-        remote: String,
-        session: actix_ws::Session,
-        frames: Frames,
-    ) -> Self {
+    pub fn new(services: Services, remote: String, sink: FrameSink, frames: Frames) -> Self {
         Self::on(
             services,
             remote,
-            Socket::Websocket(session, frames),
+            Socket::Websocket(sink, frames),
             Via::Websocket,
         )
     }
@@ -170,12 +169,12 @@ impl ClientSession {
         self
     }
 
-    /// Queues a close frame and leaves the hub at once, but keeps the
-    /// socket's reading half until the response side is done: dropping it
-    /// early makes actix-http drop the connection before what is queued
-    /// (the close frame included) is written, and the peer sees a reset.
-    /// The frame stream ends once the socket is done; `write_timeout` bounds
-    /// the wait for a peer that reads nothing.
+    /// Queues a close frame and leaves the hub at once, but keeps reading
+    /// (and dropping) frames until the peer answers the close: closing a
+    /// socket with unread input makes the kernel send a reset, which can
+    /// destroy what is still queued, the close frame included. The frame
+    /// stream ends with the peer's close; `write_timeout` bounds the wait
+    /// for a peer that reads nothing.
     fn close(
         &mut self,
         cause: CloseCause,
@@ -402,8 +401,8 @@ impl Actor for ClientSession {
         let me = ctx.address();
         let done = move |end| me.do_send(WriterEnded(end));
         match self.socket.take() {
-            Some(Socket::Websocket(session, frames)) => {
-                flow::spawn_writer(self.outbox.clone(), session, done);
+            Some(Socket::Websocket(sink, frames)) => {
+                flow::spawn_writer(self.outbox.clone(), sink, done);
                 ctx.add_stream(Gated::new(
                     frames,
                     self.services.window(),
