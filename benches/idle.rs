@@ -12,7 +12,7 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
 
 mod common;
-use common::{connect, rss_mib, start, Ws};
+use common::{connect, rss_breakdown, rss_mib, start, Ws};
 
 const IDLE: usize = 10_000;
 const PUTS: usize = 5_000;
@@ -84,6 +84,9 @@ fn main() {
     let pid = server.0.id();
     let before = rss_mib(pid);
     let base = put_burst(port, "base");
+    // What the burst left (sled's cache, malloc's free lists) is not the
+    // idle clients'.
+    let after_burst = rss_mib(pid);
     let started = Instant::now();
     let mut idle: Vec<Ws> = Vec::with_capacity(IDLE);
     for _ in 0..IDLE {
@@ -93,10 +96,12 @@ fn main() {
     // Let the server settle, then read its memory.
     std::thread::sleep(Duration::from_secs(2));
     let with_idle = rss_mib(pid);
+    let breakdown = rss_breakdown(pid);
     let loaded = put_burst(port, "loaded");
     println!("idle clients: {IDLE} connected in {connect_secs:.1} s");
-    println!("server RSS: {before:.1} MiB before, {with_idle:.1} MiB with {IDLE} idle clients ({:.1} KiB per client)",
-        (with_idle - before) * 1024.0 / IDLE as f64);
+    println!("server RSS: {before:.1} MiB at start, {after_burst:.1} MiB after a burst, {with_idle:.1} MiB with {IDLE} idle clients ({:.1} KiB per client)",
+        (with_idle - after_burst) * 1024.0 / IDLE as f64);
+    println!("  where: {breakdown}");
     println!("accepted puts/s (1 writer, durable): {base:.0} with no idle client, {loaded:.0} with {IDLE}");
     drop(idle);
 }

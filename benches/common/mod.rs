@@ -91,6 +91,44 @@ pub fn rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// Where a process's resident memory is, from /proc/PID/smaps: the
+/// malloc heap, anonymous mappings (other malloc arenas, thread stacks),
+/// files (the binary, libraries) and the rest, in MiB.
+pub fn rss_breakdown(pid: u32) -> String {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut heap, mut anon, mut file, mut other) = (0u64, 0u64, 0u64, 0u64);
+    let mut kind = 0;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if first.contains('-') && first.chars().next().is_some_and(|c| c.is_ascii_hexdigit()) {
+            let name = line.split_whitespace().nth(5).unwrap_or("");
+            kind = match name {
+                "[heap]" => 0,
+                "" => 1,
+                n if n.starts_with('/') => 2,
+                _ => 3,
+            };
+        } else if first == "Rss:" {
+            let kb: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            match kind {
+                0 => heap += kb,
+                1 => anon += kb,
+                2 => file += kb,
+                _ => other += kb,
+            }
+        }
+    }
+    let mib = |kb: u64| kb as f64 / 1024.0;
+    format!(
+        "heap {:.1} MiB, anonymous mappings {:.1} MiB, files {:.1} MiB, other {:.1} MiB",
+        mib(heap),
+        mib(anon),
+        mib(file),
+        mib(other)
+    )
+}
+
 /// Pins the calling thread (and the threads it starts later) to `core`.
 pub fn pin_self_to(core: usize) {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; we pass its size.

@@ -42,10 +42,9 @@ use crate::messages::wire::{
 use crate::metrics::CloseCause;
 use crate::peer::PeerError;
 
-/// How often we ping an idle socket to see that it is alive.
+/// How often we ping an idle socket to see that it is alive (and check
+/// its deadlines).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
-/// How often a socket checks that its unfinished message is not late.
-const MESSAGE_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 type Item = Result<AggregatedMessage, ProtocolError>;
 /// A websocket's frames, size limits applied (`crate::websocket::WsReader`).
@@ -94,6 +93,9 @@ pub struct ClientSession {
     unfinished: Option<crate::admission::Unfinished>,
     /// Why it ends, once known (counted when it stops).
     cause: Option<CloseCause>,
+    /// The ping deadline, cancelled once the ping came (a timer held for
+    /// a socket's life is memory kept for nothing).
+    handshake_timer: Option<SpawnHandle>,
 }
 
 impl ClientSession {
@@ -125,6 +127,7 @@ impl ClientSession {
             _slot: None,
             unfinished: None,
             cause: None,
+            handshake_timer: None,
         }
     }
 
@@ -350,6 +353,9 @@ impl ClientSession {
                 (id, None)
             }
         };
+        if let Some(timer) = self.handshake_timer.take() {
+            ctx.cancel_future(timer);
+        }
         let queued = match std::mem::replace(&mut self.state, Handshake::Identified) {
             Handshake::Verifying(q) => q,
             _ => VecDeque::new(),
@@ -425,7 +431,8 @@ impl Actor for ClientSession {
         }
         let limits = &self.services.config.limits;
         let handshake = Duration::from_secs(limits.handshake_timeout_secs.max(1));
-        ctx.run_later(handshake, move |act, ctx| {
+        self.handshake_timer = Some(ctx.run_later(handshake, move |act, ctx| {
+            act.handshake_timer = None;
             if matches!(act.state, Handshake::AwaitingPing) && !act.closing {
                 crate::remote_log!(info, conn = act.conn, remote = %act.remote, "closing: no Tool Db ping");
                 act.close(
@@ -438,15 +445,24 @@ impl Actor for ClientSession {
                     ),
                 );
             }
-        });
+        }));
+        // One timer per socket (each costs memory and a wakeup, and a node
+        // holds thousands of idle sockets): the unfinished-message deadline
+        // and the heartbeat share it, so a late message is found within a
+        // tick after its deadline.
         let message_timeout = Duration::from_secs(limits.message_timeout_secs.max(1));
-        ctx.run_interval(MESSAGE_CHECK_EVERY.min(message_timeout), move |act, ctx| {
+        let idle = Duration::from_secs(limits.idle_timeout_secs);
+        let tick = HEARTBEAT_EVERY.min(idle).min(message_timeout);
+        ctx.run_interval(tick, move |act, ctx| {
+            if act.closing {
+                return;
+            }
             let late = act
                 .unfinished
                 .as_ref()
                 .and_then(|u| u.waiting())
                 .is_some_and(|w| w > message_timeout);
-            if late && !act.closing {
+            if late {
                 crate::remote_log!(info, conn = act.conn, remote = %act.remote, "closing: a message left unfinished");
                 act.close(
                     CloseCause::UnfinishedMessage,
@@ -457,14 +473,10 @@ impl Actor for ClientSession {
                         message_timeout.as_secs()
                     ),
                 );
-            }
-        });
-        let idle = Duration::from_secs(limits.idle_timeout_secs);
-        ctx.run_interval(HEARTBEAT_EVERY.min(idle), move |act, ctx| {
             // A secret stream's keepalives (empty messages) never reach
             // us; a dead Hyperswarm peer is found by UDX, when our
             // keepalive (the ping below) goes unanswered.
-            if act.last_heard.elapsed() > idle && !act.via.is_hyperswarm() {
+            } else if act.last_heard.elapsed() > idle && !act.via.is_hyperswarm() {
                 crate::remote_log!(info, conn = act.conn, remote = %act.remote, "closing: idle");
                 act.close(
                     CloseCause::Idle,
