@@ -12,7 +12,7 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
 
 mod common;
-use common::{connect, rss_breakdown, rss_mib, start, Ws};
+use common::{connect, rss_breakdown, rss_mib, settled_rss_mib, start, Ws};
 
 const IDLE: usize = 10_000;
 const PUTS: usize = 5_000;
@@ -86,16 +86,14 @@ fn main() {
     let base = put_burst(port, "base");
     // What the burst left (sled's cache, malloc's free lists) is not the
     // idle clients'.
-    let after_burst = rss_mib(pid);
+    let after_burst = settled_rss_mib(pid);
     let started = Instant::now();
     let mut idle: Vec<Ws> = Vec::with_capacity(IDLE);
     for _ in 0..IDLE {
         idle.push(connect(port).0);
     }
     let connect_secs = started.elapsed().as_secs_f64();
-    // Let the server settle, then read its memory.
-    std::thread::sleep(Duration::from_secs(2));
-    let with_idle = rss_mib(pid);
+    let with_idle = settled_rss_mib(pid);
     let breakdown = rss_breakdown(pid);
     let loaded = put_burst(port, "loaded");
     println!("idle clients: {IDLE} connected in {connect_secs:.1} s");

@@ -28,7 +28,7 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
 
 mod common;
-use common::{connect, pin_self_to, rss_mib, Ws};
+use common::{connect, pin_self_to, rss_mib, settled_rss_mib, Ws};
 
 const KEYS: usize = 1000;
 const WRITERS: usize = 4;
@@ -321,7 +321,7 @@ fn main() {
         clients.extend(idle_clients(port, idle - idle / 2));
         // Let the handshakes settle before reading memory.
         std::thread::sleep(Duration::from_millis(1000));
-        let idle_rss = rss_mib(pid);
+        let idle_rss = settled_rss_mib(pid);
         drop(clients);
         println!(
             "{name:<12} {rate:>8.0} puts/s ({cpu_us:.0} µs CPU per put)   peak RSS {peak:>6.1} MiB (start {start_rss:.1})   with {} idle: {rate_idle:>8.0} puts/s ({:.0}%)   {idle} idle clients: {idle_rss:>6.1} MiB",

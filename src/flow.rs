@@ -503,6 +503,11 @@ impl Outbox {
                     return None;
                 }
                 if let Some(out) = s.queue.pop_front() {
+                    if s.queue.is_empty() {
+                        // An idle socket keeps no queue (the next push
+                        // allocates a small one again).
+                        s.queue = VecDeque::new();
+                    }
                     let msg = match out {
                         Out::Text(t) => {
                             s.bytes -= t.len();
@@ -566,20 +571,22 @@ where
                 m.frames_sent.inc();
                 m.sent_bytes.inc_by(t.len() as u64);
             }
-            match tokio::time::timeout(timeout, sink.feed(msg)).await {
+            // Boxed: a timer held inline would make every idle socket's
+            // writer task carry one (hundreds of bytes) while it waits.
+            match Box::pin(tokio::time::timeout(timeout, sink.feed(msg))).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => break WriterEnd::Failed,
                 Err(_) => break WriterEnd::Stalled,
             }
             if is_close || outbox.lock().queue.is_empty() {
-                match tokio::time::timeout(timeout, sink.flush()).await {
+                match Box::pin(tokio::time::timeout(timeout, sink.flush())).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => break WriterEnd::Failed,
                     Err(_) => break WriterEnd::Stalled,
                 }
             }
             if is_close {
-                let _ = tokio::time::timeout(timeout, sink.close()).await;
+                let _ = Box::pin(tokio::time::timeout(timeout, sink.close())).await;
                 break WriterEnd::Done;
             }
         };

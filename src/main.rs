@@ -334,6 +334,34 @@ fn cap_malloc_arenas() {
     }
 }
 
+/// How often a server hands freed memory back to the system.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Hands the pages malloc holds free back to the system, every
+/// `TRIM_EVERY`. glibc returns memory only from the top of an arena, so
+/// after a burst (or the HTTP buffers of thousands of upgrades) the free
+/// pages between live allocations stayed resident: `versus_js` saw ~50 MiB
+/// kept after its bursts. malloc_trim(0) releases them (MADV_DONTNEED); it
+/// walks the free lists, well under a millisecond at these sizes.
+fn start_malloc_trimmer() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let spawned = std::thread::Builder::new()
+            .name("malloc-trim".into())
+            .spawn(|| loop {
+                std::thread::sleep(TRIM_EVERY);
+                // SAFETY: malloc_trim only releases free memory; it takes
+                // the arenas' locks itself.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no malloc trimmer: freed memory stays resident");
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     cap_malloc_arenas();
     match run() {
@@ -519,6 +547,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .ok()
         .map_or_else(|| TcpListener::bind(&bind), TcpListener::bind)
         .with_context(|| format!("cannot listen on {bind}"))?;
+    start_malloc_trimmer();
     actix::System::new().block_on(async move {
         let node = tooldb_node::server::start(config, listener)?;
         let stopper = node.stopper();

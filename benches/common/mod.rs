@@ -91,6 +91,20 @@ pub fn rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// Resident memory once the process has settled: the lowest of samples
+/// taken over 12 s, so a server that hands freed memory back on a timer
+/// (ours trims every 5 s; Node.js collects garbage when idle) is measured
+/// at rest, not in the middle of the last burst's after-effects.
+pub fn settled_rss_mib(pid: u32) -> f64 {
+    let until = Instant::now() + Duration::from_secs(12);
+    let mut low = rss_mib(pid);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(250));
+        low = low.min(rss_mib(pid));
+    }
+    low
+}
+
 /// Where a process's resident memory is, from /proc/PID/smaps: the
 /// malloc heap, anonymous mappings (other malloc arenas, thread stacks),
 /// files (the binary, libraries) and the rest, in MiB.
