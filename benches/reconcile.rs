@@ -53,7 +53,7 @@ fn reconcile(a: &Storage, b: &Storage) -> Run {
         });
         run.step_bytes += frame.to_text().len();
         let (own, other) = if to_b { (b, a) } else { (a, b) };
-        let answer = own.reconcile_step(&step, usize::MAX).unwrap();
+        let answer = own.reconcile_step(&step, usize::MAX, true).unwrap();
         for r in answer.records {
             // Sent as a put frame: about the record plus ~50 bytes of envelope.
             run.record_bytes += r.raw().len() + 50;

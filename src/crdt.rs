@@ -2,7 +2,17 @@
 //! for a key (PROTOCOL.md). Tool Db stores the merged set only when the
 //! incoming record is newer, and so loses changes that arrive out of order;
 //! ours always keeps the union.
+//!
+//! What a server keeps per key is `Kept`: the signed change lists (records
+//! that verify on their own: `v` hashes to `h`, `s` signs `h`), from which
+//! the merged set is derived, so every change it holds is proved by some
+//! author's signature. Only changes a JS Tool Db server sent as a merged
+//! set (checked by signature alone, as Tool Db allows no better), or that
+//! were stored before this layout, are kept apart as `unsigned`.
 
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::record::{CrdtKind, Record, RecordError};
@@ -83,6 +93,146 @@ pub fn merge(stored: &Record, incoming: &Record) -> Result<Option<String>, Recor
     Ok(Some(Value::Object(obj).to_string()))
 }
 
+/// Most signed change lists kept for one key: so at most this many
+/// authors per key. A list whose changes a newer list holds is dropped,
+/// so clients that read before they write keep one list between them.
+pub const MAX_LISTS_PER_KEY: usize = 256;
+
+/// Whether `a` is the newer record of one key (the metadata a merged set
+/// takes): newer `t`, then the larger `h`.
+fn newer(a: &Record, b: &Record) -> bool {
+    a.timestamp > b.timestamp || (a.timestamp == b.timestamp && a.hash > b.hash)
+}
+
+fn identities(kind: CrdtKind, record: &Record) -> Result<HashSet<String>, RecordError> {
+    Ok(changes(record)?.iter().map(|c| identity(kind, c)).collect())
+}
+
+/// What a server keeps for one CRDT key (see the module doc).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Kept {
+    /// Records each proved whole by its signature (`hash_matches`).
+    pub signed: Vec<Record>,
+    /// Changes accepted on signature only, as one merged record.
+    #[serde(default)]
+    pub unsigned: Option<Record>,
+}
+
+impl Kept {
+    /// A merged set stored before this layout: a list if it still hashes
+    /// (one put, never merged), else changes we cannot prove.
+    pub fn from_legacy(stored: Record) -> Kept {
+        if stored.hash_matches() {
+            Kept {
+                signed: vec![stored],
+                unsigned: None,
+            }
+        } else {
+            Kept {
+                signed: vec![],
+                unsigned: Some(stored),
+            }
+        }
+    }
+
+    fn records(&self) -> impl Iterator<Item = &Record> {
+        self.signed.iter().chain(self.unsigned.iter())
+    }
+
+    /// The record whose metadata the merged set carries.
+    pub fn newest(&self) -> Option<&Record> {
+        self.records()
+            .fold(None, |best: Option<&Record>, r| match best {
+                Some(b) if !newer(r, b) => Some(b),
+                _ => Some(r),
+            })
+    }
+
+    /// Bytes kept (bounded by `max_record_bytes`).
+    pub fn bytes(&self) -> usize {
+        self.records().map(|r| r.raw().len()).sum()
+    }
+
+    /// Adds a verified record of this key and kind. A record whose `v`
+    /// hashes to its `h` is kept as a list (and the older lists it holds
+    /// whole are dropped); any other goes into `unsigned`. Returns false
+    /// when nothing changes: it adds no change and is not newer.
+    pub fn add(&mut self, incoming: Record) -> Result<bool, RecordError> {
+        let kind = incoming.crdt.ok_or_else(|| {
+            RecordError::InvalidData(format!("record {:?} is not a CRDT", incoming.key))
+        })?;
+        let ids = identities(kind, &incoming)?;
+        let mut held = HashSet::new();
+        for r in self.records() {
+            held.extend(identities(kind, r)?);
+        }
+        let adds = ids.iter().any(|i| !held.contains(i));
+        let is_newest = self.newest().is_none_or(|n| newer(&incoming, n));
+        if !adds && !is_newest {
+            return Ok(false);
+        }
+        // An older record whose changes the incoming one holds adds nothing.
+        let redundant = |r: &Record| -> Result<bool, RecordError> {
+            Ok(!newer(r, &incoming) && identities(kind, r)?.is_subset(&ids))
+        };
+        if incoming.hash_matches() {
+            let mut keep = Vec::with_capacity(self.signed.len() + 1);
+            for r in self.signed.drain(..) {
+                if !redundant(&r)? {
+                    keep.push(r);
+                }
+            }
+            self.signed = keep;
+            if let Some(u) = self.unsigned.take() {
+                if !redundant(&u)? {
+                    self.unsigned = Some(u);
+                }
+            }
+            self.signed.push(incoming);
+            if self.signed.len() > MAX_LISTS_PER_KEY {
+                return Err(RecordError::TooManyLists {
+                    key: self.signed[0].key.clone(),
+                    limit: MAX_LISTS_PER_KEY,
+                });
+            }
+        } else {
+            self.unsigned = Some(match self.unsigned.take() {
+                None => incoming,
+                Some(u) => match merge(&u, &incoming)? {
+                    Some(text) => Record::parse_str(&text)?,
+                    None => u,
+                },
+            });
+        }
+        Ok(true)
+    }
+
+    /// The merged set as one record, as clients get it: the newest
+    /// record's metadata with `v` the union of every kept change. When
+    /// the newest record holds every change, its own text, unchanged (it
+    /// then verifies whole).
+    pub fn view(&self) -> Result<Option<String>, RecordError> {
+        let Some(newest) = self.newest() else {
+            return Ok(None);
+        };
+        let Some(kind) = newest.crdt else {
+            return Ok(Some(newest.raw().to_owned()));
+        };
+        let mut merged = changes(newest)?;
+        let mut added = 0;
+        for r in self.records().filter(|r| !std::ptr::eq(*r, newest)) {
+            added += union(kind, &mut merged, changes(r)?);
+        }
+        if added == 0 {
+            return Ok(Some(newest.raw().to_owned()));
+        }
+        let mut obj: Map<String, Value> = serde_json::from_str(newest.raw())
+            .map_err(|e| RecordError::InvalidData(format!("record: {e}")))?;
+        obj.insert("v".into(), Value::Array(merged));
+        Ok(Some(Value::Object(obj).to_string()))
+    }
+}
+
 /// The value of a MAP change set, as Tool Db's `MapCrdt` computes it:
 /// changes sorted by `i`, then SET before DEL, then author; applied in order.
 pub fn map_value(changes: &[Value]) -> Map<String, Value> {
@@ -141,6 +291,86 @@ mod tests {
     fn rec(t: u64, v: Value) -> Record {
         let text = json!({"k":"m","a":"A","n":0,"t":t,"h":format!("h{t}"),"s":"s","v":v,"c":"MAP"});
         Record::parse_str(&text.to_string()).unwrap()
+    }
+
+    fn signed(k: &crate::crypto::NodeKey, t: u64, v: Value) -> Record {
+        crate::record::sign_record_with(k, "m", &v, t, Some(CrdtKind::Map), 0)
+    }
+
+    fn set(a: &str, field: &str, i: u64) -> Value {
+        json!({"t":"SET","k":field,"a":a,"v":i,"i":i})
+    }
+
+    #[test]
+    fn kept_lists_derive_the_union_and_drop_lists_a_newer_one_holds() {
+        use crate::crypto::{KeyScheme, NodeKey};
+        let (ka, kb) = (
+            NodeKey::generate(KeyScheme::P256),
+            NodeKey::generate(KeyScheme::P256),
+        );
+        let (a, b) = (ka.address().to_owned(), kb.address().to_owned());
+        let mut kept = Kept::default();
+        assert!(kept.add(signed(&ka, 1, json!([set(&a, "x", 1)]))).unwrap());
+        assert!(kept.add(signed(&kb, 2, json!([set(&b, "y", 1)]))).unwrap());
+        // A's second put holds its first: the first list is dropped.
+        let a2 = signed(&ka, 3, json!([set(&a, "x", 1), set(&a, "z", 2)]));
+        assert!(kept.add(a2.clone()).unwrap());
+        assert_eq!(kept.signed.len(), 2);
+        assert!(kept.unsigned.is_none());
+        let view = Record::parse_str(&kept.view().unwrap().unwrap()).unwrap();
+        assert_eq!((view.timestamp, view.hash.as_str()), (3, a2.hash.as_str()));
+        assert_eq!(changes(&view).unwrap().len(), 3);
+        // Again, or an older list it holds: nothing changes.
+        assert!(!kept.add(a2.clone()).unwrap());
+        assert!(!kept.add(signed(&ka, 1, json!([set(&a, "x", 1)]))).unwrap());
+        // A list holding everything is served as it came: it verifies whole.
+        let all = signed(
+            &kb,
+            4,
+            json!([set(&a, "x", 1), set(&a, "z", 2), set(&b, "y", 1)]),
+        );
+        assert!(kept.add(all.clone()).unwrap());
+        assert_eq!(kept.signed.len(), 1);
+        assert_eq!(kept.view().unwrap().unwrap(), all.raw());
+    }
+
+    #[test]
+    fn a_merged_set_is_kept_apart_from_the_signed_lists() {
+        use crate::crypto::{KeyScheme, NodeKey};
+        let k = NodeKey::generate(KeyScheme::P256);
+        let a = k.address().to_owned();
+        let list = signed(&k, 1, json!([set(&a, "x", 1)]));
+        // What a JS Tool Db server sends: its union under the newest h, s.
+        let newest = signed(&k, 2, json!([set(&a, "y", 2)]));
+        let mut merged: Value = serde_json::from_str(newest.raw()).unwrap();
+        merged["v"] = json!([set(&a, "y", 2), set("other", "w", 3)]);
+        let merged = Record::parse_str(&merged.to_string()).unwrap();
+        assert!(!merged.hash_matches());
+        let mut kept = Kept::default();
+        kept.add(list.clone()).unwrap();
+        kept.add(merged).unwrap();
+        assert_eq!(kept.signed.len(), 1, "only what hashes is a list");
+        assert_eq!(kept.signed[0].raw(), list.raw());
+        let view = Record::parse_str(&kept.view().unwrap().unwrap()).unwrap();
+        assert_eq!(changes(&view).unwrap().len(), 3);
+        assert_eq!(view.timestamp, 2);
+    }
+
+    #[test]
+    fn the_lists_of_one_key_are_bounded() {
+        use crate::crypto::{KeyScheme, NodeKey};
+        let k = NodeKey::generate(KeyScheme::Secp256k1);
+        let a = k.address().to_owned();
+        let mut kept = Kept::default();
+        for i in 0..MAX_LISTS_PER_KEY as u64 {
+            kept.add(signed(&k, i + 1, json!([set(&a, &format!("f{i}"), i)])))
+                .unwrap();
+        }
+        let over = signed(&k, 1_000, json!([set(&a, "last", 1)]));
+        assert!(matches!(
+            kept.add(over),
+            Err(RecordError::TooManyLists { limit, .. }) if limit == MAX_LISTS_PER_KEY
+        ));
     }
 
     #[test]

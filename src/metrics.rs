@@ -159,7 +159,10 @@ impl From<&RecordError> for PutRejection {
             RecordError::InvalidSignature(_) => PutRejection::InvalidSignature,
             RecordError::Rekeyed { .. } => PutRejection::Rekeyed,
             RecordError::BackDated { .. } => PutRejection::BackDated,
-            RecordError::TooLarge { .. } => PutRejection::TooLarge,
+            // A bound on what one key holds, as TooLarge is.
+            RecordError::TooLarge { .. } | RecordError::TooManyLists { .. } => {
+                PutRejection::TooLarge
+            }
         }
     }
 }

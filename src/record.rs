@@ -80,6 +80,10 @@ pub enum RecordError {
         size: usize,
         limit: usize,
     },
+    /// Ours: a CRDT key keeps at most this many signed change lists (so
+    /// at most this many authors), each needed for changes no other holds.
+    #[error("TooManyLists: key {key:?} holds {limit} signed change lists already, the most kept per key")]
+    TooManyLists { key: String, limit: usize },
 }
 
 /// A parsed record that still holds its exact wire text.
@@ -184,6 +188,12 @@ impl Record {
         )
     }
 
+    /// Whether `h` is the hash of this record's own `v`, `a`, `t` and `n`:
+    /// with a verified `s`, the record then proves every byte of its `v`.
+    pub fn hash_matches(&self) -> bool {
+        crypto::sha256_hex(self.hash_input().as_bytes()) == self.hash
+    }
+
     pub fn is_frozen(&self) -> bool {
         self.key.starts_with("==")
     }
@@ -223,9 +233,7 @@ impl Record {
         // Ours: the hash is checked always for plain records, so a relay
         // cannot swap `v` under a valid signature. CRDT records are checked by
         // signature only, as servers replace `v` with the merged set.
-        if (self.crdt.is_none() || pow_zeros > 0 || crdt_hash)
-            && crypto::sha256_hex(self.hash_input().as_bytes()) != self.hash
-        {
+        if (self.crdt.is_none() || pow_zeros > 0 || crdt_hash) && !self.hash_matches() {
             return Err(RecordError::InvalidHashNonce);
         }
         crypto::verify(&self.address, self.hash.as_bytes(), &self.sig)?;

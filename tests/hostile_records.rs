@@ -80,6 +80,72 @@ fn a_crdt_put_whose_changes_do_not_hash_to_its_signature_is_refused() {
     assert_eq!(got["data"]["v"], changes, "no change was injected");
 }
 
+/// The owner's signed MAP list for `doc`, sent and stored; returns the
+/// record (as JSON) and its change list.
+fn owner_doc(node: &NodeProc) -> (Value, Value) {
+    let (mut owner, _) = RawPeer::client(node.port);
+    let a = owner.key.address().to_owned();
+    let changes = json!([{"t":"SET","a":a,"k":"admin","v":false,"i":1}]);
+    let rec = sign_record_with(
+        &owner.key,
+        "doc",
+        &changes,
+        now_ms(),
+        Some(CrdtKind::Map),
+        0,
+    );
+    let record: Value = serde_json::from_str(rec.raw()).unwrap();
+    owner.send(&json!({"type":"crdtPut","id":new_message_id(),"to":[],"data":record}));
+    owner.wait_value("doc", &changes);
+    (record, changes)
+}
+
+fn crdt_value(node: &NodeProc, key: &str) -> Value {
+    let (mut reader, _) = RawPeer::client(node.port);
+    let id = new_message_id();
+    reader.send(&json!({"type":"crdtGet","id":id,"to":[],"key":key}));
+    reader.expect("the crdt answer", |v| v["id"] == id.as_str())["data"]["v"].clone()
+}
+
+/// Issue 15, item 4: a proved server link of ours (it offers signed CRDT
+/// lists) sends the owner's `h` and `s` over other changes. Records from
+/// proved server links were checked by signature only (servers sent
+/// merged sets, which hash to nothing), so a hostile node that passed our
+/// dial check injected changes under any valid signature.
+#[test]
+fn a_server_link_cannot_inject_crdt_changes_under_another_authors_signature() {
+    let node = NodeProc::start(&[]);
+    node.wait_healthy();
+    let (record, changes) = owner_doc(&node);
+    let (mut fake, _) = RawPeer::proved_server(&node, json!({"reconcile": 1, "crdt": 1}));
+    let mut injected = record.clone();
+    let a = record["a"].clone();
+    injected["v"] = json!([{"t":"SET","a":a,"k":"admin","v":false,"i":1},
+                           {"t":"SET","a":a,"k":"admin","v":true,"i":2}]);
+    send_refused(&mut fake, "crdtPut", &injected, "InvalidHashNonce");
+    assert_eq!(crdt_value(&node, "doc"), changes, "no change was injected");
+}
+
+/// A proved server that does not speak signed lists (a JS Tool Db server
+/// sends its merged set under the newest put's `h` and `s`) is still heard
+/// on the signature, as before: Tool Db offers nothing better.
+#[test]
+fn a_server_without_signed_lists_still_sends_merged_sets() {
+    let node = NodeProc::start(&[]);
+    node.wait_healthy();
+    let (record, _) = owner_doc(&node);
+    let (mut js_server, _) = RawPeer::proved_server(&node, json!({"reconcile": 1}));
+    let a = record["a"].clone();
+    let merged = json!([{"t":"SET","a":a,"k":"admin","v":false,"i":1},
+                        {"t":"SET","a":"another","k":"note","v":"hi","i":1}]);
+    let mut set = record.clone();
+    set["v"] = merged.clone();
+    js_server.send(&json!({"type":"crdtPut","id":new_message_id(),"to":[],"data":set}));
+    wait_for("the merged set stored", Duration::from_secs(10), || {
+        (crdt_value(&node, "doc") == merged).then_some(())
+    });
+}
+
 #[test]
 fn a_back_dated_write_does_not_take_a_frozen_key_over() {
     let node = NodeProc::start(&[]);

@@ -61,6 +61,7 @@ fn error_name(e: &RecordError) -> &'static str {
         RecordError::Rekeyed { .. } => "Rekeyed",
         RecordError::BackDated { .. } => "BackDated",
         RecordError::TooLarge { .. } => "TooLarge",
+        RecordError::TooManyLists { .. } => "TooManyLists",
     }
 }
 

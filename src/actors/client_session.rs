@@ -365,6 +365,7 @@ impl ClientSession {
             handle: ConnHandle::of(&ctx.address(), self.outbox.clone()),
             is_server: ping.is_server && peer.is_some(),
             reconcile: ping.is_server && Extensions::reconciles(&ping.ext),
+            crdt_lists: ping.is_server && Extensions::signs_crdt_lists(&ping.ext),
             wants_missing: Extensions::wants_missing(&ping.ext),
             client_id,
             peer,

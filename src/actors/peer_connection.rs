@@ -206,6 +206,7 @@ impl PeerConnection {
         let topic = self.services.config.topic.clone();
         let claimed = pong.client_id.clone();
         let reconcile = Extensions::reconciles(&pong.ext);
+        let crdt_lists = Extensions::signs_crdt_lists(&pong.ext);
         // Its own record, and at most a pong's worth of others: a dialed
         // peer's junk list costs bounded signature checks.
         let cap = self.services.config.limits.pong_max_servers;
@@ -245,6 +246,7 @@ impl PeerConnection {
                         outbound: true,
                         dialed: Some(act.target.clone()),
                         reconcile,
+                        crdt_lists,
                         wants_missing: false,
                         ping_id: None,
                         servers,

@@ -22,6 +22,11 @@ pub const PEERS_TREE: &str = "peers";
 /// `h`: one value written to two keys in one millisecond has one `h`, but
 /// Tool Db's P-256 signatures (WebCrypto) are randomised, so two `s`.
 pub const BINDINGS_TREE: &str = "bindings";
+/// CRDT key → its `crdt::Kept` (the signed change lists its merged set in
+/// `RECORDS_TREE` is derived from). A CRDT key without an entry was stored
+/// before this tree existed: its merged set is read as `Kept::from_legacy`
+/// and the entry written at its next merge.
+pub const CRDT_TREE: &str = "crdt_lists";
 
 /// How far back-dated (older than the holder's) a write may be and still
 /// take a frozen `==` key over: two owners racing for a name within this
@@ -35,6 +40,7 @@ pub struct Storage {
     records: sled::Tree,
     peers: sled::Tree,
     bindings: sled::Tree,
+    crdt: sled::Tree,
     /// Largest record text stored, CRDT merges included.
     max_record_bytes: usize,
     /// Told of every write; the hub awaits it before exposing one.
@@ -53,11 +59,13 @@ impl Storage {
         let records = db.open_tree(RECORDS_TREE)?;
         let peers = db.open_tree(PEERS_TREE)?;
         let bindings = db.open_tree(BINDINGS_TREE)?;
+        let crdt = db.open_tree(CRDT_TREE)?;
         Ok(Storage {
             db,
             records,
             peers,
             bindings,
+            crdt,
             max_record_bytes: crate::config::Limits::default().max_record_bytes,
             durability,
         })
@@ -197,71 +205,77 @@ impl Storage {
         }
     }
 
+    /// Merges a verified CRDT record into its key. The key's `Kept` lists
+    /// (in `CRDT_TREE`) and the merged set derived from them (in
+    /// `RECORDS_TREE`, what clients read) change in one transaction.
     pub fn merge_crdt(&self, record: Record) -> Result<CrdtOutcome, StorageError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
         if let Some(e) = self.too_large(&record.key, record.raw().len()) {
             return Ok(CrdtOutcome::Refused(e));
         }
         if let Some(e) = self.bind(&record)? {
             return Ok(CrdtOutcome::Refused(e));
         }
-        let mut too_large = None;
-        let mut result: Result<Option<String>, String> = Ok(None);
-        let mut current: Option<Vec<u8>> = None;
+        let key = record.key.as_bytes();
         let _write = self.durability.write();
-        self.records
-            .fetch_and_update(record.key.as_bytes(), |old| match old {
-                None => {
-                    result = Ok(Some(record.raw().to_owned()));
-                    Some(record.raw().as_bytes().to_vec())
+        let decision = (&self.records, &self.crdt)
+            .transaction(|(records, crdt)| {
+                let view = records.get(key)?;
+                let kept = crdt.get(key)?;
+                let d = decide_crdt(
+                    view.as_deref(),
+                    kept.as_deref(),
+                    &record,
+                    self.max_record_bytes,
+                );
+                if let CrdtDecision::Store { view, kept } = &d {
+                    records.insert(key, view.as_bytes())?;
+                    crdt.insert(key, kept.as_slice())?;
                 }
-                Some(bytes) => {
-                    let merged = std::str::from_utf8(bytes)
-                        .map_err(|e| e.to_string())
-                        .and_then(|t| Record::parse_str(t).map_err(|e| e.to_string()))
-                        .and_then(|stored| {
-                            crdt::merge(&stored, &record).map_err(|e| e.to_string())
-                        });
-                    current = Some(bytes.to_vec());
-                    match merged {
-                        Ok(Some(text)) if text.len() > self.max_record_bytes => {
-                            // The change set would pass the limit: this change
-                            // is refused, the stored set kept.
-                            too_large = self.too_large(&record.key, text.len());
-                            result = Ok(None);
-                            Some(bytes.to_vec())
-                        }
-                        Ok(Some(text)) => {
-                            let out = text.as_bytes().to_vec();
-                            result = Ok(Some(text));
-                            Some(out)
-                        }
-                        Ok(None) => {
-                            result = Ok(None);
-                            Some(bytes.to_vec())
-                        }
-                        Err(e) => {
-                            result = Err(e);
-                            Some(bytes.to_vec())
-                        }
-                    }
-                }
+                Ok::<_, ConflictableTransactionError<()>>(d)
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => StorageError::Sled(e),
+                TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
             })?;
-        if let Some(e) = too_large {
-            return Ok(CrdtOutcome::Refused(e));
-        }
-        match result {
-            Ok(Some(text)) => Ok(CrdtOutcome::Merged(Self::parse_stored(
+        let corrupt = |reason: String| StorageError::Corrupt {
+            key: record.key.clone(),
+            reason,
+        };
+        match decision {
+            CrdtDecision::Store { view, .. } => Ok(CrdtOutcome::Merged(Self::parse_stored(
                 &record.key,
-                text.as_bytes(),
+                view.as_bytes(),
             )?)),
-            Ok(None) => Ok(CrdtOutcome::Unchanged {
-                current: Self::parse_stored(&record.key, &current.unwrap_or_default())?,
+            CrdtDecision::Unchanged(current) => Ok(CrdtOutcome::Unchanged {
+                current: Self::parse_stored(&record.key, &current)?,
             }),
-            Err(reason) => Err(StorageError::Corrupt {
-                key: record.key.clone(),
-                reason,
-            }),
+            CrdtDecision::Refused(e) => Ok(CrdtOutcome::Refused(e)),
+            CrdtDecision::Corrupt(reason) => Err(corrupt(reason)),
         }
+    }
+
+    /// The signed lists of a CRDT key, for a server of ours; `None` when
+    /// the key holds no CRDT. A key stored in the old layout (a merged set
+    /// alone) gives its set if it still hashes, else nothing.
+    pub fn crdt_lists(&self, key: &str) -> Result<Option<Vec<Record>>, StorageError> {
+        let Some(view) = self.get(key)? else {
+            return Ok(None);
+        };
+        if view.crdt.is_none() {
+            return Ok(None);
+        }
+        let kept = match self.crdt.get(key.as_bytes())? {
+            Some(bytes) => {
+                serde_json::from_slice::<crdt::Kept>(&bytes).map_err(|e| StorageError::Corrupt {
+                    key: key.to_owned(),
+                    reason: e.to_string(),
+                })?
+            }
+            None => crdt::Kept::from_legacy(view),
+        };
+        Ok(Some(kept.signed))
     }
 
     pub fn query(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StorageError> {
@@ -343,6 +357,7 @@ impl Storage {
         &self,
         step: &crate::reconcile::Step,
         max_records: usize,
+        signed_lists: bool,
     ) -> Result<ReconcileAnswer, StorageError> {
         use crate::reconcile::Step;
         let ranges: Vec<crate::reconcile::Range> = match step {
@@ -358,9 +373,15 @@ impl Storage {
         own.dedup_by(|a, b| a.key == b.key);
         let outcome = crate::reconcile::respond(&own, step);
         let mut records = vec![];
-        for key in outcome.send.iter().take(max_records) {
-            if let Some(r) = self.get(key)? {
-                records.push(r);
+        for key in &outcome.send {
+            if records.len() >= max_records {
+                break;
+            }
+            // A CRDT key goes to a server of ours as the lists it is
+            // derived from: changes we hold unproved stay here.
+            match self.crdt_lists(key)?.filter(|_| signed_lists) {
+                Some(lists) => records.extend(lists),
+                None => records.extend(self.get(key)?),
             }
         }
         Ok(ReconcileAnswer {
@@ -368,6 +389,90 @@ impl Storage {
             records,
         })
     }
+}
+
+/// What a CRDT merge does to its key.
+#[derive(Debug)]
+enum CrdtDecision {
+    /// Write this merged set and these kept lists (JSON).
+    Store {
+        view: String,
+        kept: Vec<u8>,
+    },
+    /// Nothing new: the stored merged set.
+    Unchanged(Vec<u8>),
+    Refused(RecordError),
+    Corrupt(String),
+}
+
+/// The merge itself, without I/O: from the stored merged set (`view`), the
+/// stored lists (`kept`, absent for a key of the old layout) and a
+/// verified `incoming` record.
+fn decide_crdt(
+    view: Option<&[u8]>,
+    kept: Option<&[u8]>,
+    incoming: &Record,
+    max_bytes: usize,
+) -> CrdtDecision {
+    let parse = |bytes: &[u8]| {
+        std::str::from_utf8(bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Record::parse_str(t).map_err(|e| e.to_string()))
+    };
+    let mut state = match view {
+        None => crdt::Kept::default(),
+        Some(bytes) => {
+            let stored = match parse(bytes) {
+                Ok(r) => r,
+                // Never overwrite what we cannot read: report instead.
+                Err(e) => return CrdtDecision::Corrupt(e),
+            };
+            if stored.crdt != incoming.crdt {
+                // Another kind (or a plain value): the newer wins whole.
+                if incoming.timestamp <= stored.timestamp {
+                    return CrdtDecision::Unchanged(bytes.to_vec());
+                }
+                crdt::Kept::default()
+            } else {
+                let mut state = match kept.map(serde_json::from_slice::<crdt::Kept>) {
+                    Some(Ok(k)) => k,
+                    Some(Err(e)) => return CrdtDecision::Corrupt(e.to_string()),
+                    None => crdt::Kept::from_legacy(stored.clone()),
+                };
+                // The stored set holds changes the lists do not (written by
+                // a build without lists): keep them, unproved.
+                if state.view().ok().flatten().as_deref() != Some(stored.raw()) {
+                    if let Err(e) = state.add(stored) {
+                        return CrdtDecision::Corrupt(e.to_string());
+                    }
+                }
+                state
+            }
+        }
+    };
+    match state.add(incoming.clone()) {
+        Ok(true) => {}
+        Ok(false) => return CrdtDecision::Unchanged(view.unwrap_or_default().to_vec()),
+        Err(e @ RecordError::TooManyLists { .. }) => return CrdtDecision::Refused(e),
+        Err(e) => return CrdtDecision::Corrupt(e.to_string()),
+    }
+    let merged = match state.view() {
+        Ok(Some(v)) => v,
+        Ok(None) => return CrdtDecision::Corrupt("no record kept".into()),
+        Err(e) => return CrdtDecision::Corrupt(e.to_string()),
+    };
+    let size = state.bytes().max(merged.len());
+    if size > max_bytes {
+        // The change set would pass the limit: this change is refused,
+        // the stored set kept.
+        return CrdtDecision::Refused(RecordError::TooLarge {
+            key: incoming.key.clone(),
+            size,
+            limit: max_bytes,
+        });
+    }
+    let kept = serde_json::to_vec(&state).expect("kept lists serialise");
+    CrdtDecision::Store { view: merged, kept }
 }
 
 impl Handler<ReconcileStart> for Storage {
@@ -382,7 +487,7 @@ impl Handler<ReconcileStart> for Storage {
 impl Handler<ReconcileStep> for Storage {
     type Result = Result<ReconcileAnswer, StorageError>;
     fn handle(&mut self, msg: ReconcileStep, _: &mut Self::Context) -> Self::Result {
-        self.reconcile_step(&msg.step, msg.max_records)
+        self.reconcile_step(&msg.step, msg.max_records, msg.signed_lists)
     }
 }
 
@@ -433,6 +538,13 @@ impl Handler<MergeCrdt> for Storage {
     type Result = Result<CrdtOutcome, StorageError>;
     fn handle(&mut self, msg: MergeCrdt, _: &mut Self::Context) -> Self::Result {
         self.merge_crdt(msg.record)
+    }
+}
+
+impl Handler<GetCrdtLists> for Storage {
+    type Result = Result<Option<Vec<Record>>, StorageError>;
+    fn handle(&mut self, msg: GetCrdtLists, _: &mut Self::Context) -> Self::Result {
+        self.crdt_lists(&msg.key)
     }
 }
 
@@ -590,6 +702,57 @@ mod tests {
         let stored = s.get("doc").unwrap().unwrap();
         assert!(stored.raw().len() <= 4_000);
         assert!(refused > 10, "{refused}");
+    }
+
+    #[test]
+    fn a_merged_set_of_the_old_layout_still_serves_and_keeps_its_changes() {
+        let (_d, s) = storage();
+        let (ka, kb) = (
+            NodeKey::generate(KeyScheme::P256),
+            NodeKey::generate(KeyScheme::P256),
+        );
+        let set = |k: &NodeKey, f: &str| json!({"t":"SET","k":f,"a":k.address(),"v":1,"i":1});
+        let map = crate::record::CrdtKind::Map;
+        let t = now_ms();
+        // Stored by a build without lists: B's put with A's change merged in.
+        let b =
+            crate::record::sign_record_with(&kb, "doc", &json!([set(&kb, "b")]), t, Some(map), 0);
+        let mut legacy: Value = serde_json::from_str(b.raw()).unwrap();
+        legacy["v"] = json!([set(&kb, "b"), set(&ka, "a")]);
+        let legacy = legacy.to_string();
+        s.records.insert("doc", legacy.as_bytes()).unwrap();
+        // A single put never merged: it still hashes, so it is a list.
+        let single =
+            crate::record::sign_record_with(&ka, "solo", &json!([set(&ka, "s")]), t, Some(map), 0);
+        s.records.insert("solo", single.raw().as_bytes()).unwrap();
+        assert_eq!(s.get("doc").unwrap().unwrap().raw(), legacy);
+        assert_eq!(s.crdt_lists("doc").unwrap().unwrap().len(), 0);
+        let solo = s.crdt_lists("solo").unwrap().unwrap();
+        assert_eq!(solo.len(), 1);
+        assert_eq!(solo[0].raw(), single.raw());
+        // A new list merges with the old set: no change is lost.
+        let c = crate::record::sign_record_with(
+            &ka,
+            "doc",
+            &json!([set(&ka, "c")]),
+            t + 1,
+            Some(map),
+            0,
+        );
+        assert!(matches!(
+            s.merge_crdt(c.clone()).unwrap(),
+            CrdtOutcome::Merged(_)
+        ));
+        let view = s.get("doc").unwrap().unwrap();
+        assert_eq!(crdt::changes(&view).unwrap().len(), 3, "{}", view.raw());
+        assert_eq!(view.hash, c.hash, "the newest put's metadata");
+        let lists = s.crdt_lists("doc").unwrap().unwrap();
+        assert_eq!(lists.len(), 1, "only the list that proves itself");
+        assert_eq!(lists[0].raw(), c.raw());
+        assert!(matches!(
+            s.merge_crdt(c).unwrap(),
+            CrdtOutcome::Unchanged { .. }
+        ));
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct ConnectionIdentified {
     pub dialed: Option<crate::endpoint::Endpoint>,
     /// The remote offered our anti-entropy extension.
     pub reconcile: bool,
+    /// The remote offered signed CRDT lists (`Extensions::crdt`).
+    pub crdt_lists: bool,
     /// The remote asked for `missing` answers to its get misses (a client
     /// of ours: `Extensions::client`).
     pub wants_missing: bool,

@@ -53,6 +53,14 @@ pub struct GetRecord {
     pub key: String,
 }
 
+/// The signed change lists a CRDT key is derived from (for servers of
+/// ours, which accept nothing else); `None` when the key holds no CRDT.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Option<Vec<Record>>, StorageError>")]
+pub struct GetCrdtLists {
+    pub key: String,
+}
+
 /// Keys starting with `prefix`, at most `limit` of them.
 #[derive(Message, Debug)]
 #[rtype(result = "Result<Vec<String>, StorageError>")]
@@ -79,6 +87,9 @@ pub struct ReconcileStep {
     pub step: crate::reconcile::Step,
     /// Most records sent for one step (bounds what one frame can ask for).
     pub max_records: usize,
+    /// The peer speaks `Extensions::crdt`: a CRDT key goes as its signed
+    /// lists (a merged set would be refused), not as the merged set.
+    pub signed_lists: bool,
 }
 
 #[derive(Debug, Default)]

@@ -30,6 +30,11 @@ pub enum WireMessage {
     /// from its store. Sent only to a peer whose ping offered
     /// `Extensions::missing`, so a stock Tool Db peer never sees one.
     Missing(KeyRequest),
+    /// Our extension: the answer to a server of ours' `crdtGet` (same id):
+    /// the signed change lists of `key`, each verified whole by the asker
+    /// (a merged set proves nothing about changes past its newest put's).
+    /// Sent only to a server that offered `Extensions::crdt`.
+    CrdtLists(CrdtLists),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +66,11 @@ pub struct Extensions {
     /// (0 = none: it waits out its timeout, as Tool Db clients do).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub missing: u32,
+    /// Version of signed CRDT lists spoken (0 = none): CRDT keys travel
+    /// as the signed change lists they are derived from, each verified
+    /// with its hash, never as merged sets (which hash to nothing).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub crdt: u32,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -71,6 +81,8 @@ fn is_zero(v: &u32) -> bool {
 pub const RECONCILE_VERSION: u32 = 1;
 /// The version of the `missing` answer this build speaks.
 pub const MISSING_VERSION: u32 = 1;
+/// The version of signed CRDT lists this build speaks.
+pub const CRDT_LISTS_VERSION: u32 = 1;
 
 impl Extensions {
     /// What a server of ours offers (to servers and in pongs).
@@ -78,6 +90,7 @@ impl Extensions {
         Extensions {
             reconcile: RECONCILE_VERSION,
             missing: 0,
+            crdt: CRDT_LISTS_VERSION,
         }
     }
 
@@ -86,11 +99,16 @@ impl Extensions {
         Extensions {
             reconcile: 0,
             missing: MISSING_VERSION,
+            crdt: 0,
         }
     }
 
     pub fn wants_missing(ext: &Option<Extensions>) -> bool {
         ext.is_some_and(|e| e.missing == MISSING_VERSION)
+    }
+
+    pub fn signs_crdt_lists(ext: &Option<Extensions>) -> bool {
+        ext.is_some_and(|e| e.crdt == CRDT_LISTS_VERSION)
     }
 
     pub fn reconciles(ext: &Option<Extensions>) -> bool {
@@ -123,6 +141,15 @@ pub struct Reconcile {
     #[serde(default)]
     pub to: Vec<String>,
     pub step: crate::reconcile::Step,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CrdtLists {
+    pub id: String,
+    #[serde(default)]
+    pub to: Vec<String>,
+    pub key: String,
+    pub lists: Vec<Record>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -284,6 +311,7 @@ impl WireMessage {
             "functionReturn" => WireMessage::FunctionReturn(body(&kind, text)?),
             "reconcile" => WireMessage::Reconcile(body(&kind, text)?),
             "missing" => WireMessage::Missing(body(&kind, text)?),
+            "crdtLists" => WireMessage::CrdtLists(body(&kind, text)?),
             other => return Err(WireError::UnknownType(other.to_owned())),
         })
     }
@@ -308,6 +336,7 @@ impl WireMessage {
             WireMessage::FunctionReturn(_) => "functionReturn",
             WireMessage::Reconcile(_) => "reconcile",
             WireMessage::Missing(_) => "missing",
+            WireMessage::CrdtLists(_) => "crdtLists",
         }
     }
 
@@ -325,6 +354,7 @@ impl WireMessage {
             WireMessage::Function(m) => &m.id,
             WireMessage::FunctionReturn(m) => &m.id,
             WireMessage::Reconcile(m) => &m.id,
+            WireMessage::CrdtLists(m) => &m.id,
         }
     }
 
@@ -342,6 +372,7 @@ impl WireMessage {
             WireMessage::Function(m) => &m.to,
             WireMessage::FunctionReturn(m) => &m.to,
             WireMessage::Reconcile(m) => &m.to,
+            WireMessage::CrdtLists(m) => &m.to,
         }
     }
 
@@ -359,6 +390,7 @@ impl WireMessage {
             WireMessage::Function(m) => m.to = to,
             WireMessage::FunctionReturn(m) => m.to = to,
             WireMessage::Reconcile(m) => m.to = to,
+            WireMessage::CrdtLists(m) => m.to = to,
         }
     }
 }

@@ -101,6 +101,7 @@ impl Hub {
             tracing::debug!(client = %c.client_id, "ignored a reconcile step from a peer that did not offer it");
             return;
         }
+        let signed_lists = c.crdt_lists;
         let storage = self.storage.clone();
         let durability = self.durability.clone();
         let max_records = self.settings.reconcile_max_records;
@@ -110,6 +111,7 @@ impl Hub {
                     .send(ReconcileStep {
                         step: msg.step,
                         max_records,
+                        signed_lists,
                     })
                     .await;
                 durability.synced().await;

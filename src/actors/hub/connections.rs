@@ -15,6 +15,9 @@ pub struct Conn {
     pub address: Option<String>,
     /// A server of ours: speaks the `reconcile` extension.
     pub reconcile: bool,
+    /// A proved server that speaks signed CRDT lists: it sends and gets
+    /// CRDT keys only as lists that verify whole.
+    pub crdt_lists: bool,
     /// Asked for a `missing` answer to each get it sends that misses here.
     pub wants_missing: bool,
     pub is_server: bool,
@@ -32,6 +35,16 @@ pub struct Conn {
     /// big records cannot fill the storage queue ahead of everyone else.
     /// Closed when the connection goes, so what waits is dropped unread.
     pub reads: ReadSlots,
+}
+
+impl Conn {
+    /// A server of ours that speaks signed CRDT lists, proved or still
+    /// only claimed: what we send it as CRDT lists proves itself, and the
+    /// other side may already hold our link as proved (and so refuse a
+    /// merged set from it).
+    pub fn offers_crdt_lists(&self) -> bool {
+        self.crdt_lists || self.claim.as_ref().is_some_and(|c| c.crdt_lists)
+    }
 }
 
 /// Reads one connection may have in flight at once.
@@ -57,6 +70,7 @@ impl Drop for ReadSlots {
 pub struct Claim {
     pub peer: crate::peer::Peer,
     pub reconcile: bool,
+    pub crdt_lists: bool,
 }
 
 /// Listed server records one connection had us verify in the current minute.
@@ -197,6 +211,7 @@ impl Connections {
         }
         conn.is_server = true;
         conn.reconcile = claim.reconcile;
+        conn.crdt_lists = claim.crdt_lists;
         conn.address = Some(claim.peer.address.clone());
         if self.by_client.get(&conn.client_id) == Some(&id) {
             self.servers.insert(conn.client_id.clone());

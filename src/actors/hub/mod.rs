@@ -146,10 +146,22 @@ struct Job {
 
 #[derive(Debug)]
 enum Work {
-    Put { id: String, to: Vec<String> },
-    Get { req: KeyRequest, crdt: bool },
+    Put {
+        id: String,
+        to: Vec<String>,
+    },
+    Get {
+        req: KeyRequest,
+        crdt: bool,
+    },
     Subscribe(KeyRequest),
     Query(KeyRequest),
+    /// After the lists of a `crdtLists` answer are stored: answer whoever
+    /// waits for `id` with the merged set of `key`.
+    AnswerPending {
+        id: String,
+        key: String,
+    },
 }
 
 /// The largest answer a Tool Db client accepts (its websocket library's
@@ -340,11 +352,27 @@ impl Hub {
     }
 
     fn relay_to_servers(&mut self, msg: &WireMessage, sender: &str, dedupe_hash: Option<&str>) {
+        self.relay_to_servers_if(msg, sender, dedupe_hash, false)
+    }
+
+    /// `relay_to_servers`; with `unproved` (a merged CRDT set, proved by
+    /// no signature whole), not to servers that speak signed lists: they
+    /// would refuse it as forged.
+    fn relay_to_servers_if(
+        &mut self,
+        msg: &WireMessage,
+        sender: &str,
+        dedupe_hash: Option<&str>,
+        unproved: bool,
+    ) {
         let mut relayed = msg.clone();
         relayed.set_to(relay_to(msg.to_list(), sender, &self.settings.client_id));
         let text: ByteString = relayed.to_text().into();
         for server in self.conns.server_clients() {
             if server == sender || msg.to_list().contains(&server) {
+                continue;
+            }
+            if unproved && self.speaks_crdt_lists(&server) {
                 continue;
             }
             if let Some(h) = dedupe_hash {
@@ -371,7 +399,56 @@ impl Hub {
         }
     }
 
-    fn answer_pending(&mut self, id: &str, record: &Record) {
+    /// Whether `client`'s current connection is a server of ours that
+    /// speaks signed CRDT lists (`Conn::offers_crdt_lists`).
+    fn speaks_crdt_lists(&self, client: &str) -> bool {
+        self.conns
+            .of_client(client)
+            .and_then(|c| self.conns.get(c))
+            .is_some_and(|c| c.offers_crdt_lists())
+    }
+
+    /// Sends `conn` (a server of ours) the signed lists of `key` as the
+    /// answer `id` to its crdtGet; a key holding no CRDT here goes as its
+    /// record, and a key we lack gets no answer.
+    fn send_crdt_lists(&mut self, conn: ConnId, id: String, key: String, ctx: &Context<Self>) {
+        let storage = self.storage.clone();
+        let durability = self.durability.clone();
+        let k = key.clone();
+        resume_after(
+            ctx,
+            async move {
+                let lists = storage.send(GetCrdtLists { key: k.clone() }).await;
+                let plain = storage.send(GetRecord { key: k }).await;
+                durability.synced().await;
+                (lists, plain)
+            },
+            move |act, (lists, plain), _| match (lists, plain) {
+                (Ok(Ok(Some(lists))), _) => {
+                    let msg = WireMessage::CrdtLists(CrdtLists {
+                        id,
+                        to: act.own_to(),
+                        key,
+                        lists,
+                    });
+                    act.send_to_conn(conn, msg.to_text().into());
+                }
+                (Ok(Ok(None)), Ok(Ok(Some(record)))) => {
+                    let text = record_frame("crdtPut", &id, act.own_to(), &record);
+                    act.send_to_conn(conn, text.into());
+                }
+                (Ok(Ok(None)), Ok(Ok(None))) => {}
+                (Ok(Err(e)), _) | (_, Ok(Err(e))) => {
+                    tracing::error!(error = %e, "read failed")
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(error = %e, "storage pool unreachable")
+                }
+            },
+        );
+    }
+
+    fn answer_pending(&mut self, id: &str, record: &Record, ctx: &Context<Self>) {
         let Some(Pending {
             requester,
             answer_kind,
@@ -379,6 +456,16 @@ impl Hub {
         else {
             return;
         };
+        // A server of ours refuses a merged set: it gets the lists.
+        if answer_kind == "crdtPut" && record.crdt.is_some() && !record.hash_matches() {
+            if let Some(conn) = self
+                .conns
+                .of_client(&requester)
+                .filter(|_| self.speaks_crdt_lists(&requester))
+            {
+                return self.send_crdt_lists(conn, id.to_owned(), record.key.clone(), ctx);
+            }
+        }
         let text = record_frame(answer_kind, id, self.own_to(), record);
         self.sent.mark(&requester, &record.hash);
         if !self.send_to_client(&requester, text.into()) {
@@ -568,8 +655,14 @@ impl Hub {
     ) {
         let crypto = self.crypto.clone();
         let pow = self.settings.pow;
-        // Proved servers send merged CRDT sets, which do not hash.
-        let crdt_hash = !self.conns.get(conn).is_some_and(|c| c.is_server);
+        // A CRDT record must hash to its signature, except from a proved
+        // server that does not speak signed lists (a JS Tool Db server, or
+        // an older build of ours): it sends merged sets, which hash to
+        // nothing, so they are checked by signature alone, as Tool Db does.
+        let crdt_hash = !self
+            .conns
+            .get(conn)
+            .is_some_and(|c| c.is_server && !c.crdt_lists);
         resume_after(
             ctx,
             async move {
@@ -634,7 +727,7 @@ impl Hub {
                     async move { durability.synced().await },
                     move |act, (), ctx| {
                         for (fanout, job) in effects {
-                            act.apply(fanout, job);
+                            act.apply(fanout, job, ctx);
                         }
                         act.batch_done(conn, ctx);
                     },
@@ -672,12 +765,13 @@ impl Hub {
                         to: to.clone(),
                         data: record,
                     };
+                    let unproved = kind == "crdtPut" && !data.data.hash_matches();
                     let msg = if kind == "crdtPut" {
                         WireMessage::CrdtPut(data)
                     } else {
                         WireMessage::Put(data)
                     };
-                    self.relay_to_servers(&msg, &job.sender, Some(&dedupe));
+                    self.relay_to_servers_if(&msg, &job.sender, Some(&dedupe), unproved);
                 }
                 other => rest.push(other),
             }
@@ -686,7 +780,7 @@ impl Hub {
     }
 
     /// Carries out what storing one record means, in arrival order.
-    fn apply(&mut self, effects: Vec<Fanout>, job: Job) {
+    fn apply(&mut self, effects: Vec<Fanout>, job: Job, ctx: &Context<Self>) {
         let Work::Put { id, to } = &job.work else {
             return self.release(job.credit, job.from_server);
         };
@@ -701,7 +795,7 @@ impl Hub {
                     let skip = relay_to(to, sender, &self.settings.client_id);
                     self.push_to_subscribers(&record, kind, &skip, &dedupe);
                 }
-                Fanout::Answer { record } => self.answer_pending(id, &record),
+                Fanout::Answer { record } => self.answer_pending(id, &record, ctx),
                 // Relayed before the flush (relay_now).
                 Fanout::Relay { .. } => {}
                 Fanout::Refused(e) => match self.conns.of_client(sender) {
@@ -755,6 +849,27 @@ impl Hub {
                 self.read_and_answer(conn, sender, &req, "put", |_| {}, credit, ctx);
             }
             Work::Query(req) => self.on_query(conn, sender, req, credit, ctx),
+            Work::AnswerPending { id, key } => {
+                let storage = self.storage.clone();
+                let durability = self.durability.clone();
+                resume_after(
+                    ctx,
+                    async move {
+                        let read = storage.send(GetRecord { key }).await;
+                        durability.synced().await;
+                        read
+                    },
+                    move |act, res, ctx| {
+                        match res {
+                            Ok(Ok(Some(record))) => act.answer_pending(&id, &record, ctx),
+                            Ok(Ok(None)) => {}
+                            Ok(Err(e)) => tracing::error!(error = %e, "read failed"),
+                            Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
+                        }
+                        drop(credit);
+                    },
+                );
+            }
         }
     }
 
@@ -789,11 +904,19 @@ impl Hub {
                 durability.synced().await;
                 Some((read, slot))
             },
-            move |act, res, _| {
+            move |act, res, ctx| {
                 let Some((res, _slot)) = res else {
                     return drop(credit);
                 };
                 match res {
+                    // A server of ours refuses a merged set: it gets lists.
+                    Ok(Ok(Some(record)))
+                        if kind == "crdtPut"
+                            && record.crdt.is_some()
+                            && act.conns.get(conn).is_some_and(|c| c.offers_crdt_lists()) =>
+                    {
+                        act.send_crdt_lists(conn, id, record.key, ctx);
+                    }
                     Ok(Ok(Some(record))) => {
                         act.sent.mark(&sender, &record.hash);
                         let text = record_frame(kind, &id, act.own_to(), &record);
@@ -1133,6 +1256,7 @@ impl Handler<ConnectionIdentified> for Hub {
             client_id: msg.client_id,
             address,
             reconcile: verified_server && msg.reconcile,
+            crdt_lists: verified_server && msg.crdt_lists,
             wants_missing: msg.wants_missing,
             is_server: verified_server,
             outbound: msg.outbound,
@@ -1142,6 +1266,7 @@ impl Handler<ConnectionIdentified> for Hub {
             claim: claim.map(|peer| Claim {
                 peer,
                 reconcile: msg.reconcile,
+                crdt_lists: msg.crdt_lists,
             }),
             listed: ListedBudget::default(),
             reads: Default::default(),
@@ -1289,6 +1414,7 @@ impl Handler<FrameReceived> for Hub {
             WireMessage::QueryAck(_) | WireMessage::FunctionReturn(_) => {}
             // Servers never ask for it; a peer sending one is ignored.
             WireMessage::Missing(_) => {}
+            WireMessage::CrdtLists(m) => self.on_crdt_lists(conn, m, credit, ctx),
         }
     }
 }
@@ -1313,6 +1439,59 @@ impl Hub {
             return;
         }
         self.enqueue(conn, job(Work::Put { id, to }), Some((data, crdt)), ctx);
+    }
+}
+
+impl Hub {
+    /// A server of ours answered a crdtGet with signed lists: each goes
+    /// through the pipeline as a crdtPut (verified whole), then whoever
+    /// waits for the answer gets the merged set.
+    fn on_crdt_lists(
+        &mut self,
+        conn: ConnId,
+        msg: CrdtLists,
+        credit: Credit,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(c) = self.conns.get(conn) else {
+            return;
+        };
+        // Each list is verified whole, except from a proved server that
+        // does not speak lists (its records are checked by signature).
+        if c.is_server && !c.crdt_lists {
+            tracing::debug!(client = %c.client_id, "ignored crdtLists from a peer that did not offer them");
+            return;
+        }
+        let (sender, from_server) = (c.client_id.clone(), c.is_server);
+        let CrdtLists { id, to, key, lists } = msg;
+        for list in lists {
+            if list.key != key || list.crdt.is_none() {
+                let error = RecordError::InvalidData(format!(
+                    "crdtLists of {key:?} carries a record of {:?} with c = {:?}",
+                    list.key, list.crdt
+                ));
+                self.record_invalid(conn, &error);
+                continue;
+            }
+            // The frame's credit stays with the answer, queued last.
+            let job = Job {
+                sender: sender.clone(),
+                from_server,
+                credit: Credit::none(),
+                work: Work::Put {
+                    id: new_message_id(),
+                    to: to.clone(),
+                },
+            };
+            self.enqueue(conn, job, Some((list, true)), ctx);
+        }
+        let job = Job {
+            sender,
+            from_server,
+            credit,
+            work: Work::AnswerPending { id, key },
+        };
+        self.enqueue(conn, job, None, ctx);
     }
 }
 
