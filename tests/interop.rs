@@ -91,6 +91,16 @@ fn js_server_dialing_us_replicates_both_ways() {
     assert_eq!(r["peered"], true, "{r}");
     assert_eq!(r["a"]["got"], r["a"]["put"], "JS → ours: {r}");
     assert_eq!(r["b"]["got"], r["b"]["put"], "ours → JS: {r}");
+    // CRDT lists cross both ways: the JS server speaks no signed lists, so
+    // what it sends is checked as before (its relays of a client's put
+    // still hash), and it gets our lists as crdtPuts.
+    let crdt = &r["crdt"];
+    assert!(
+        crdt["expected"].as_object().is_some_and(|m| m.len() == 2),
+        "{r}"
+    );
+    assert_eq!(crdt["got_ours"], crdt["expected"], "{r}");
+    assert_eq!(crdt["got_js"], crdt["expected"], "{r}");
     // Our node knows the JS server as a verified server.
     let peers = node.peers();
     let js_addr = r["js_address"].as_str().unwrap();

@@ -186,6 +186,21 @@ async function getUntil(c, key, { ns = false, per = 2000, deadline = TIMEOUT, re
   return { got, attempts, elapsed_ms: elapsed };
 }
 
+/** getCrdt into a fresh MapCrdt until its value is `expected` (or TIMEOUT). */
+async function crdtUntil(c, key, expected) {
+  const start = Date.now();
+  let attempts = 0;
+  let doc;
+  while (Date.now() - start < TIMEOUT) {
+    attempts++;
+    doc = new MapCrdt(c.address);
+    const left = TIMEOUT - (Date.now() - start);
+    await withDeadline(c.db.getCrdt(key, doc, false, Math.max(50, Math.min(2000, left))), left + 500, null);
+    if (JSON.stringify(doc.value) === JSON.stringify(expected)) break;
+  }
+  return { value: doc.value, changes: doc.getChanges().length, attempts };
+}
+
 /** Build a record with the real library (toolDbPut) without sending it. */
 async function craftRecord(db, key, value, ns = false) {
   const net = db.network;
@@ -399,21 +414,8 @@ scenarios["crdt-map"] = async (server) => {
   await sleep(SETTLE);
   const expected = new MapCrdt("x", [...ca.getChanges(), ...cb.getChanges()]).value;
 
-  const readMerged = async (c) => {
-    const start = Date.now();
-    let attempts = 0;
-    let doc;
-    while (Date.now() - start < TIMEOUT) {
-      attempts++;
-      doc = new MapCrdt(c.address);
-      const left = TIMEOUT - (Date.now() - start);
-      await withDeadline(c.db.getCrdt(key, doc, false, Math.max(50, Math.min(2000, left))), left + 500, null);
-      if (JSON.stringify(doc.value) === JSON.stringify(expected)) break;
-    }
-    return { value: doc.value, changes: doc.getChanges().length, attempts };
-  };
-  const ra = await readMerged(A);
-  const rb = await readMerged(B);
+  const ra = await crdtUntil(A, key, expected);
+  const rb = await crdtUntil(B, key, expected);
   return {
     key,
     put_a: ca.value,
@@ -480,7 +482,22 @@ scenarios["js-server"] = async (server) => {
   await CR.db.putData(k2, v2);
   await sleep(SETTLE);
   const b = await getUntil(CJ, k2);
+  // CRDT changes put on each side: both servers end with the union (the
+  // JS server relays each client's list as it came; ours relays a list).
+  const kc = k1.slice(0, -1) + "c";
+  const dj = new MapCrdt(CJ.address);
+  dj.SET("viaJs", 1);
+  await CJ.db.putCrdt(kc, dj);
+  await sleep(SETTLE);
+  const dr = new MapCrdt(CR.address);
+  dr.SET("viaOurs", 2);
+  await CR.db.putCrdt(kc, dr);
+  await sleep(SETTLE);
+  const expected = new MapCrdt("x", [...dj.getChanges(), ...dr.getChanges()]).value;
+  const cr = await crdtUntil(CR, kc, expected);
+  const cj = await crdtUntil(CJ, kc, expected);
   return {
+    crdt: { key: kc, expected, got_ours: cr.value, got_js: cj.value, attempts: [cr.attempts, cj.attempts] },
     js_port: jsPort,
     js_address: js.address,
     peered,
