@@ -206,9 +206,10 @@ impl Record {
 
     /// `verify`, with `crdt_hash`: a CRDT record's change list must hash to
     /// its `h` too. True for records from clients, which sign the change
-    /// list they send; without it anyone could send other changes under a
-    /// valid signature. (Merged sets from servers do not hash: servers
-    /// replace `v` with their union.)
+    /// list they send, and from servers of ours, which send signed lists;
+    /// without it anyone could send other changes under a valid signature.
+    /// (Merged sets from JS Tool Db servers do not hash: they replace `v`
+    /// with their union.)
     pub fn verify_with(
         &self,
         now_ms: u64,
@@ -231,8 +232,9 @@ impl Record {
             return Err(RecordError::NoProofOfWork { zeros: pow_zeros });
         }
         // Ours: the hash is checked always for plain records, so a relay
-        // cannot swap `v` under a valid signature. CRDT records are checked by
-        // signature only, as servers replace `v` with the merged set.
+        // cannot swap `v` under a valid signature. CRDT records without
+        // `crdt_hash` are checked by signature only: a JS Tool Db server
+        // replaces `v` with the merged set.
         if (self.crdt.is_none() || pow_zeros > 0 || crdt_hash) && !self.hash_matches() {
             return Err(RecordError::InvalidHashNonce);
         }
@@ -428,7 +430,7 @@ mod tests {
             injected.verify_with(now_ms(), 0, true),
             Err(RecordError::InvalidHashNonce)
         );
-        // From a server (a merged set) the signature alone is checked.
+        // From a JS Tool Db server (a merged set) the signature alone is checked.
         assert_eq!(injected.verify_with(now_ms(), 0, false), Ok(()));
     }
 

@@ -1,7 +1,9 @@
 //! Anti-entropy between servers of ours (the `reconcile` extension): on
 //! connect and every `reconcile_every_secs` the side with the smaller
 //! address starts; storage answers each step in its pool, and the records a
-//! peer lacks travel as ordinary puts (it verifies them like any).
+//! peer lacks travel as ordinary puts (it verifies them like any). A CRDT
+//! key goes to a peer that speaks signed lists as those lists, each a
+//! crdtPut that verifies whole; a merged set would be refused.
 
 use actix::prelude::*;
 
