@@ -154,17 +154,25 @@ impl Kept {
     }
 
     /// Adds a verified record of this key and kind. A record whose `v`
-    /// hashes to its `h` is kept as a list (and the older lists it holds
+    /// hashes to its `h` is kept as a list (and the older records it holds
     /// whole are dropped); any other goes into `unsigned`. Returns false
-    /// when nothing changes: it adds no change and is not newer.
+    /// when nothing changes: it adds no change and is not newer. (A list
+    /// that proves changes held only unsigned adds them: they can travel.)
     pub fn add(&mut self, incoming: Record) -> Result<bool, RecordError> {
         let kind = incoming.crdt.ok_or_else(|| {
             RecordError::InvalidData(format!("record {:?} is not a CRDT", incoming.key))
         })?;
         let ids = identities(kind, &incoming)?;
+        let signed = incoming.hash_matches();
         let mut held = HashSet::new();
-        for r in self.records() {
+        for r in self.signed.iter() {
             held.extend(identities(kind, r)?);
+        }
+        let mut proved = held.clone();
+        if let Some(u) = &self.unsigned {
+            if !signed {
+                held.extend(identities(kind, u)?);
+            }
         }
         let adds = ids.iter().any(|i| !held.contains(i));
         let is_newest = self.newest().is_none_or(|n| newer(&incoming, n));
@@ -175,7 +183,7 @@ impl Kept {
         let redundant = |r: &Record| -> Result<bool, RecordError> {
             Ok(!newer(r, &incoming) && identities(kind, r)?.is_subset(&ids))
         };
-        if incoming.hash_matches() {
+        if signed {
             let mut keep = Vec::with_capacity(self.signed.len() + 1);
             for r in self.signed.drain(..) {
                 if !redundant(&r)? {
@@ -183,8 +191,10 @@ impl Kept {
                 }
             }
             self.signed = keep;
+            // Unsigned changes all proved by lists now need no keeping.
+            proved.extend(ids.iter().cloned());
             if let Some(u) = self.unsigned.take() {
-                if !redundant(&u)? {
+                if newer(&u, &incoming) || !identities(kind, &u)?.is_subset(&proved) {
                     self.unsigned = Some(u);
                 }
             }
@@ -354,6 +364,35 @@ mod tests {
         let view = Record::parse_str(&kept.view().unwrap().unwrap()).unwrap();
         assert_eq!(changes(&view).unwrap().len(), 3);
         assert_eq!(view.timestamp, 2);
+    }
+
+    #[test]
+    fn a_merged_set_is_proved_again_by_its_authors_lists() {
+        use crate::crypto::{KeyScheme, NodeKey};
+        let (ka, kb) = (
+            NodeKey::generate(KeyScheme::P256),
+            NodeKey::generate(KeyScheme::P256),
+        );
+        let (a, b) = (ka.address().to_owned(), kb.address().to_owned());
+        let la = signed(&ka, 1, json!([set(&a, "x", 1)]));
+        let lb = signed(&kb, 2, json!([set(&b, "y", 1)]));
+        // A set stored by a build without lists: B's h and s over both.
+        let mut merged: Value = serde_json::from_str(lb.raw()).unwrap();
+        merged["v"] = json!([set(&b, "y", 1), set(&a, "x", 1)]);
+        let merged = Record::parse_str(&merged.to_string()).unwrap();
+        let mut kept = Kept::from_legacy(merged.clone());
+        assert!(kept.signed.is_empty());
+        // A's list adds no change, but proves one: it is kept.
+        assert!(kept.add(la).unwrap());
+        assert_eq!(kept.signed.len(), 1);
+        assert!(kept.unsigned.is_some());
+        // B's list proves the rest: nothing is left unproved.
+        assert!(kept.add(lb.clone()).unwrap());
+        assert_eq!(kept.signed.len(), 2);
+        assert!(kept.unsigned.is_none());
+        let view = Record::parse_str(&kept.view().unwrap().unwrap()).unwrap();
+        assert_eq!(view.hash, merged.hash);
+        assert_eq!(changes(&view).unwrap().len(), 2);
     }
 
     #[test]
