@@ -237,3 +237,44 @@ fn crdt_changes_travel_between_our_servers_as_signed_lists() {
         assert!(!n.log().contains("InvalidHashNonce"), "{}", n.log());
     }
 }
+
+/// A merged set from a server that speaks no signed lists (as a JS Tool Db
+/// server sends) is kept, but not relayed to a server of ours: that one
+/// would refuse it as not hashing to its signature (and count it against
+/// the link), and gets the signed lists instead when it asks.
+#[test]
+fn a_merged_set_from_a_js_server_is_not_relayed_to_servers_of_ours() {
+    let no_records = [("TOOLDB_PEERING__RECONCILE_MAX_RECORDS", "0")];
+    let a = NodeProc::start_env(&[], &no_records);
+    a.wait_healthy();
+    let peer = format!("127.0.0.1:{}", a.port);
+    let b = NodeProc::start_env(&["--peer", &peer], &no_records);
+    let a_id = a.health()["clientId"].clone();
+    wait_for("b connected to a", Duration::from_secs(15), || {
+        connected_to(&b, &a_id).then_some(())
+    });
+    let (mut owner, _) = RawPeer::client(a.port);
+    put_list(&mut owner, "js-doc", "signed");
+    wait_fields(&a, "js-doc", &["signed"]);
+    wait_fields(&b, "js-doc", &["signed"]);
+    // The JS server's union, under the owner's h and s.
+    let (mut js, _) = RawPeer::proved_server(&a, json!({"reconcile": 1}));
+    let rec = tooldb_node::record::sign_record_with(
+        &owner.key,
+        "js-doc",
+        &json!([set_change(&owner, "signed")]),
+        now_ms(),
+        Some(tooldb_node::record::CrdtKind::Map),
+        0,
+    );
+    let mut merged: Value = serde_json::from_str(rec.raw()).unwrap();
+    merged["v"] = json!([set_change(&owner, "signed"), set_change(&js, "unsigned")]);
+    js.send(&json!({"type":"crdtPut","id":new_message_id(),"to":[],"data":merged}));
+    wait_fields(&a, "js-doc", &["signed", "unsigned"]);
+    // A later write on a reaches b after anything a relayed before it.
+    owner.put("js-marker", json!(1));
+    let (mut reader, _) = RawPeer::client(b.port);
+    reader.wait_value("js-marker", &json!(1));
+    assert_eq!(crdt_fields(&b, "js-doc"), ["signed"]);
+    assert!(!b.log().contains("InvalidHashNonce"), "{}", b.log());
+}
