@@ -121,23 +121,12 @@ fn a_socket_that_never_pings_is_closed_at_the_handshake_deadline() {
 
 /// Sends the start of a 1,000,000-byte text frame and `bytes` of it.
 fn start_big_frame(p: &mut RawPeer, bytes: usize) {
-    let mut raw = vec![0x81u8, 0x80 | 127];
-    raw.extend_from_slice(&1_000_000u64.to_be_bytes());
-    raw.extend_from_slice(&[1, 2, 3, 4]);
-    raw.extend(std::iter::repeat_n(b'a', bytes));
-    write_raw(p, &raw);
+    write_raw(p, &attacks::big_frame_start(1_000_000, bytes));
 }
 
 /// Sends `n` fragments of 60,000 bytes of a text message never finished.
 fn start_fragments(p: &mut RawPeer, n: usize) {
-    for i in 0..n {
-        let opcode = if i == 0 { 0x01 } else { 0x00 };
-        let mut raw = vec![opcode, 0x80 | 126];
-        raw.extend_from_slice(&60_000u16.to_be_bytes());
-        raw.extend_from_slice(&[1, 2, 3, 4]);
-        raw.extend(std::iter::repeat_n(b'a', 60_000));
-        write_raw(p, &raw);
-    }
+    write_raw(p, &attacks::unfinished_fragments(n, 60_000));
 }
 
 fn write_raw(p: &mut RawPeer, raw: &[u8]) {
@@ -195,11 +184,8 @@ fn log_lines_caused_by_remote_peers_are_budgeted() {
     let t = Instant::now();
     for _ in 0..1500 {
         let mut p = RawPeer::connect(node.port);
-        let mut ping = p.ping_frame(true, &p.topic.clone(), tooldb_node::record::now_ms());
         // A valid record under a signature that is not its own.
-        let sig = ping["peer"]["sig"].as_str().unwrap().to_owned();
-        let flipped: String = sig.chars().rev().collect();
-        ping["peer"]["sig"] = Value::from(flipped);
+        let ping = attacks::bad_signature_ping(&p.key, &p.topic.clone());
         p.send(&ping);
         p.expect_closed();
     }
@@ -263,10 +249,7 @@ fn values_nested_past_the_limit_are_refused_and_shallow_ones_kept() {
     writer.put("shallow", nested(100));
     writer.wait_value("shallow", &nested(100));
     // serde_json cannot build a 100,000-deep Value; send the text.
-    let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
-    let frame =
-        format!(r#"{{"type":"put","id":"deep1","to":[],"data":{{"k":"deep","v":{deep}}}}}"#);
-    writer.send_text(&frame);
+    writer.send_text(&attacks::deep_put_text("deep", 100_000));
     writer.expect("an error naming the depth limit", |v| {
         v["type"] == "error"
             && v["error"]

@@ -39,11 +39,9 @@ fn a_victims_record_replayed_under_another_key_is_refused() {
     let (_, post) = victim.put(&post_key, json!("my post"));
     victim.wait_value(&post_key, &json!("my post"));
     let (mut attacker, _) = RawPeer::client(node.port);
-    let mut settings = post.clone();
-    settings["k"] = json!(format!(":{}.settings", victim.key.address()));
+    let settings = attacks::rekeyed(&post, &format!(":{}.settings", victim.key.address()));
     send_refused(&mut attacker, "put", &settings, "Rekeyed");
-    let mut global = post;
-    global["k"] = json!("announcement");
+    let global = attacks::rekeyed(&post, "announcement");
     send_refused(&mut attacker, "put", &global, "Rekeyed");
     assert_eq!(
         value_of(&node, &format!(":{}.settings", victim.key.address())),
@@ -70,8 +68,10 @@ fn a_crdt_put_whose_changes_do_not_hash_to_its_signature_is_refused() {
     owner.send(&json!({"type":"crdtPut","id":new_message_id(),"to":[],"data":record}));
     owner.wait_value("doc", &changes);
     let (mut attacker, _) = RawPeer::client(node.port);
-    let mut injected = record.clone();
-    injected["v"] = json!([{"t":"SET","a":a,"k":"admin","v":true,"i":2}]);
+    let injected = attacks::forged_changes(
+        &record,
+        json!([{"t":"SET","a":a,"k":"admin","v":true,"i":2}]),
+    );
     send_refused(&mut attacker, "crdtPut", &injected, "InvalidHashNonce");
     let (mut reader, _) = RawPeer::client(node.port);
     let id = new_message_id();

@@ -6,10 +6,9 @@ mod common;
 use std::time::Instant;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use tooldb_node::crypto::{KeyScheme, NodeKey};
 use tooldb_node::messages::wire::new_message_id;
-use tooldb_node::peer::Peer;
 use tooldb_node::record::now_ms;
 
 #[test]
@@ -99,24 +98,11 @@ fn junk_pongs_and_false_server_claims_do_not_poison_the_servers_a_node_lists() {
     node.wait_healthy();
     let (mut attacker, _) = RawPeer::client(node.port);
     // Signed junk: every record verifies, none names a real server.
-    let junk: Vec<Value> = (0..600)
-        .map(|i| {
-            let k = NodeKey::generate(KeyScheme::Secp256k1);
-            serde_json::to_value(Peer::sign(
-                &k,
-                &attacker.topic,
-                "127.0.0.1",
-                1 + i,
-                now_ms(),
-            ))
-            .unwrap()
-        })
-        .collect();
+    let junk = attacks::junk_servers(600, &attacker.topic, 1);
     let cid = attacker.client_id.clone();
     let start = Instant::now();
-    for round in 0..20 {
-        attacker.send(&json!({"type":"pong","id":format!("x{round}"),"to":[cid],
-            "clientId":cid,"isServer":true,"servers":junk}));
+    for _ in 0..20 {
+        attacker.send(&attacks::pong_listing(&cid, &junk));
     }
     // And a socket that claims to be a server at an endpoint nobody serves.
     let mut claimer = RawPeer::connect(node.port);

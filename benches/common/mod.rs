@@ -44,32 +44,54 @@ impl Drop for Server {
 }
 
 pub fn start(sync: bool) -> (Server, u16, tempfile::TempDir) {
+    let mut cmd = serve_command();
+    cmd.env("TOOLDB_STORAGE__SYNC_WRITES", sync.to_string())
+        // The idle bench's 10,000 clients plus its load pass the default
+        // cap of 10,000 websockets, a policy rather than a cost.
+        .env("TOOLDB_LIMITS__MAX_CONNECTIONS", "20000")
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null());
+    spawn(cmd)
+}
+
+/// A node with every default of config/default.toml (its log level
+/// included), logging to `log`.
+pub fn start_default(log: &std::path::Path) -> (Server, u16, tempfile::TempDir) {
+    let mut cmd = serve_command();
+    cmd.env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(log).unwrap());
+    spawn(cmd)
+}
+
+/// `tooldb-node serve` on a free loopback port, without the DHT, LAN
+/// discovery or the metrics listener.
+fn serve_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tooldb-node"));
+    cmd.args([
+        "serve",
+        "--no-dht",
+        "--metrics-listen",
+        "off",
+        "--no-lan",
+        "--host",
+        "127.0.0.1",
+    ])
+    .stdout(std::process::Stdio::null());
+    cmd
+}
+
+fn spawn(mut cmd: std::process::Command) -> (Server, u16, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tooldb-node"))
-        .args([
-            "serve",
-            "--no-dht",
-            "--metrics-listen",
-            "off",
-            "--no-lan",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-        ])
+    let child = cmd
+        .arg("--port")
+        .arg(port.to_string())
         .arg("--data-dir")
         .arg(dir.path())
-        .env("TOOLDB_STORAGE__SYNC_WRITES", sync.to_string())
-        // The idle bench's 10,000 clients plus its load pass the default
-        // cap of 10,000 websockets, a policy rather than a cost.
-        .env("TOOLDB_LIMITS__MAX_CONNECTIONS", "20000")
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);

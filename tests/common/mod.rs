@@ -18,6 +18,7 @@ use tooldb_node::record::now_ms;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
+pub mod attacks;
 pub mod tls;
 
 pub const TOPIC: &str = "tool-db-default";
