@@ -278,18 +278,26 @@ impl Storage {
         Ok(Some(kept.signed))
     }
 
-    pub fn query(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StorageError> {
-        let mut keys = Vec::new();
-        for item in self
-            .records
-            .scan_prefix(prefix.as_bytes())
-            .keys()
-            .take(limit)
-        {
-            let k = item?;
-            keys.push(String::from_utf8_lossy(&k).into_owned());
+    /// Keys under `prefix`, until `limit` keys or `max_bytes` of them as
+    /// JSON strings (a comma each).
+    pub fn query(
+        &self,
+        prefix: &str,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<KeyPage, StorageError> {
+        let mut page = KeyPage::default();
+        let mut bytes = 0usize;
+        for item in self.records.scan_prefix(prefix.as_bytes()).keys() {
+            let k = String::from_utf8_lossy(&item?).into_owned();
+            bytes += serde_json::to_string(&k).map_or(usize::MAX / 2, |t| t.len()) + 1;
+            if page.keys.len() == limit || bytes > max_bytes {
+                page.truncated = true;
+                break;
+            }
+            page.keys.push(k);
         }
-        Ok(keys)
+        Ok(page)
     }
 }
 
@@ -556,9 +564,9 @@ impl Handler<GetRecord> for Storage {
 }
 
 impl Handler<QueryKeys> for Storage {
-    type Result = Result<Vec<String>, StorageError>;
+    type Result = Result<KeyPage, StorageError>;
     fn handle(&mut self, msg: QueryKeys, _: &mut Self::Context) -> Self::Result {
-        self.query(&msg.prefix, msg.limit)
+        self.query(&msg.prefix, msg.limit, msg.max_bytes)
     }
 }
 
@@ -785,8 +793,16 @@ mod tests {
         for key in ["app-a", "app-b", "other"] {
             s.store(sign_record(&k, key, &json!(1), now_ms())).unwrap();
         }
-        assert_eq!(s.query("app-", 10).unwrap(), vec!["app-a", "app-b"]);
-        assert_eq!(s.query("app-", 1).unwrap().len(), 1);
+        let all = s.query("app-", 10, 1 << 20).unwrap();
+        assert_eq!(
+            (all.keys, all.truncated),
+            (vec!["app-a".into(), "app-b".into()], false)
+        );
+        let one = s.query("app-", 1, 1 << 20).unwrap();
+        assert_eq!((one.keys.len(), one.truncated), (1, true));
+        // `"app-a",` is 8 bytes: the second key passes 12.
+        let cut = s.query("app-", 10, 12).unwrap();
+        assert_eq!((cut.keys.len(), cut.truncated), (1, true));
     }
 
     #[test]

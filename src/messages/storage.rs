@@ -61,12 +61,23 @@ pub struct GetCrdtLists {
     pub key: String,
 }
 
-/// Keys starting with `prefix`, at most `limit` of them.
+/// Keys starting with `prefix`, at most `limit` of them and at most
+/// `max_bytes` of them as JSON strings (each with a comma): the scan stops
+/// there rather than walk keys no answer frame could carry.
 #[derive(Message, Debug)]
-#[rtype(result = "Result<Vec<String>, StorageError>")]
+#[rtype(result = "Result<KeyPage, StorageError>")]
 pub struct QueryKeys {
     pub prefix: String,
     pub limit: usize,
+    pub max_bytes: usize,
+}
+
+/// What a `QueryKeys` found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyPage {
+    pub keys: Vec<String>,
+    /// More keys matched than `limit` or `max_bytes` let through.
+    pub truncated: bool,
 }
 
 /// Write everything to disk (at shutdown).

@@ -164,12 +164,19 @@ enum Work {
     },
 }
 
-/// The largest answer a Tool Db client accepts (its websocket library's
-/// default frame limit), whatever our own `max_frame_bytes` is.
 /// Client ids whose newest ping is remembered (against replays), ~100 B each.
 const PINGS_REMEMBERED: usize = 100_000;
 
+/// The largest answer a Tool Db client accepts (its websocket library's
+/// default frame limit), whatever our own `max_frame_bytes` is.
 const QUERY_ANSWER_BYTES: usize = 1 << 20;
+
+/// Scans (queries) the storage pool runs at once, node-wide. A `query ""`
+/// walks every key (about 100 ms for 50,000 keys here): an attacker's 300
+/// of them filled both storage threads, and an honest get waited behind
+/// them for seconds (attack bench, query_all). One lane for scans leaves
+/// the other threads to gets and puts.
+const SCAN_LANES: usize = 1;
 
 pub struct Hub {
     settings: HubSettings,
@@ -198,6 +205,8 @@ pub struct Hub {
     registry: Option<RegistryLink>,
     /// Awaited before a write or a read is exposed (group commit).
     durability: Durability,
+    /// Permits to scan storage (`SCAN_LANES`), taken by each query.
+    scan_lane: Arc<tokio::sync::Semaphore>,
     functions: HashMap<&'static str, ServerFunction>,
     me: Option<Addr<Hub>>,
     metrics: Arc<Metrics>,
@@ -240,6 +249,7 @@ impl Hub {
             backlog: HashMap::new(),
             registry: None,
             durability: Durability::off(),
+            scan_lane: Arc::new(tokio::sync::Semaphore::new(SCAN_LANES)),
             functions,
             me: None,
             metrics: Arc::new(Metrics::new()),
@@ -981,15 +991,46 @@ impl Hub {
         let storage = self.storage.clone();
         let prefix = req.key.clone();
         let limit = self.settings.limits.query_max_keys;
+        // Each key costs its JSON text plus a comma; 512 bytes for the rest.
+        let max_bytes = self
+            .settings
+            .limits
+            .max_frame_bytes
+            .min(QUERY_ANSWER_BYTES)
+            .saturating_sub(512 + req.id.len());
         let relay = WireMessage::Query(req.clone());
         self.relay_to_servers(&relay, &sender, None);
+        let Some(slots) = self.conns.get(conn).map(|c| c.reads.0.clone()) else {
+            return drop(credit);
+        };
+        let lane = self.scan_lane.clone();
         resume_after(
             ctx,
-            async move { storage.send(QueryKeys { prefix, limit }).await },
+            async move {
+                // A query is a read of its connection's (so a flood of them
+                // waits its turn and ends with its asker)...
+                let slot = slots.clone().acquire_owned().await.ok()?;
+                // ...and a scan of the node's one lane for scans.
+                let scan = lane.acquire_owned().await.ok()?;
+                if slots.is_closed() {
+                    return None;
+                }
+                let page = storage
+                    .send(QueryKeys {
+                        prefix,
+                        limit,
+                        max_bytes,
+                    })
+                    .await;
+                Some((page, slot, scan))
+            },
             move |act, res, _| {
+                let Some((res, _slot, _scan)) = res else {
+                    return drop(credit);
+                };
                 match res {
-                    Ok(Ok(keys)) => {
-                        let text = act.query_ack(&req, keys);
+                    Ok(Ok(page)) => {
+                        let text = act.query_ack(&req, page);
                         act.send_to_conn(conn, text.into());
                     }
                     Ok(Err(e)) => tracing::error!(error = %e, "query failed"),
@@ -1000,38 +1041,25 @@ impl Hub {
         );
     }
 
-    /// A `queryAck` that fits in one frame a client accepts: keys past
-    /// that are left out, and the answer says so (`truncated`, ignored by
-    /// Tool Db clients, which drop a second answer with the same id, so
-    /// splitting it would lose the rest anyway).
-    fn query_ack(&self, req: &KeyRequest, mut keys: Vec<String>) -> String {
-        let limit = self.settings.limits.max_frame_bytes.min(QUERY_ANSWER_BYTES);
-        // Each key costs its JSON text plus a comma; 512 bytes for the rest.
-        let mut size = 512 + req.id.len();
-        let fits = keys
-            .iter()
-            .position(|k| {
-                size += serde_json::to_string(k).map_or(usize::MAX / 2, |t| t.len()) + 1;
-                size > limit
-            })
-            .unwrap_or(keys.len());
-        let truncated = fits < keys.len();
-        if truncated {
+    /// A `queryAck` of the keys storage found, which fit in one frame a
+    /// client accepts: keys past that were left out, and the answer says
+    /// so (`truncated`, ignored by Tool Db clients, which drop a second
+    /// answer with the same id, so splitting it would lose the rest anyway).
+    fn query_ack(&self, req: &KeyRequest, page: KeyPage) -> String {
+        if page.truncated {
             crate::remote_log!(
                 info,
                 prefix_bytes = req.key.len(),
-                keys = keys.len(),
-                sent = fits,
+                sent = page.keys.len(),
                 "query answer cut to fit one frame"
             );
-            keys.truncate(fits);
         }
         let ack = WireMessage::QueryAck(QueryAck {
             id: req.id.clone(),
             to: self.own_to(),
-            keys,
+            keys: page.keys,
         });
-        if !truncated {
+        if !page.truncated {
             return ack.to_text();
         }
         let mut v: Value = serde_json::from_str(&ack.to_text()).expect("our own JSON");
