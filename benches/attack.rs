@@ -6,7 +6,8 @@
 //! answers missing, RSS before/peak/after, the node's log lines, and
 //! whether it met p99 < 100 ms and the RSS bound printed at the top.
 //! Figures, not assertions: `cargo bench --bench attack` (`ATTACK=name[,name]`
-//! runs some; `ATTACK_LOGS=DIR` keeps each node's log there). The attacks' frames come from tests/common/attacks.rs, which
+//! runs some; `ATTACK_LOGS=DIR` keeps each node's log there; `ATTACK_WORST=1`
+//! adds the honest client's five slowest answers and when they were asked). The attacks' frames come from tests/common/attacks.rs, which
 //! the hostile tests use too.
 
 use std::io::{Read, Write};
@@ -345,6 +346,8 @@ struct HonestReport {
     latencies: Vec<f64>,
     missing: usize,
     closed: Option<String>,
+    /// The slowest answers: (ms, asked at s from the start, with a put).
+    worst: Vec<(f64, f64, bool)>,
 }
 
 impl Honest {
@@ -393,6 +396,7 @@ impl Honest {
     fn run(mut self, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<HonestReport> {
         std::thread::spawn(move || {
             let mut r = HonestReport::default();
+            let start = Instant::now();
             let mut value = 0u64;
             let mut round = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -404,7 +408,13 @@ impl Honest {
                     self.get(Instant::now(), value)
                 };
                 match res {
-                    Ok(ms) => r.latencies.push(ms),
+                    Ok(ms) => {
+                        let at = start.elapsed().as_secs_f64() - ms / 1e3;
+                        r.worst.push((ms, at, round.is_multiple_of(4)));
+                        r.worst.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap());
+                        r.worst.truncate(5);
+                        r.latencies.push(ms)
+                    }
                     Err(None) => r.missing += 1,
                     Err(Some(closed)) => {
                         r.missing += 1;
@@ -821,8 +831,12 @@ fn store_fat_crdt(ctx: &Ctx) -> Value {
 }
 
 /// 4 sockets each sending 2,000 crdtGets of the fat record, never reading.
+/// A crdtGet asker's sends, close reason, and when it was done sending and closed.
+type Asked = (usize, Option<String>, Duration, Duration);
+
 fn crdt_get(ctx: &Ctx, _: &Value) -> String {
     let port = ctx.port;
+    let t = Instant::now();
     let reasons = parallel(4, move |i| {
         let (mut s, _) = Sock::client(port, i).ok()?;
         let _ = s.s.set_write_timeout(Some(Duration::from_secs(1)));
@@ -834,17 +848,31 @@ fn crdt_get(ctx: &Ctx, _: &Value) -> String {
             }
             sent += 1;
         }
+        let sent_by = t.elapsed();
         // Now read: past its backlog of answers, the close.
         let reason = s.until_closed(Duration::from_secs(40));
-        Some((sent, reason))
+        Some((sent, reason, sent_by, t.elapsed()))
     });
     let slow = reasons
         .iter()
         .flatten()
-        .filter(|(_, r)| r.as_ref().is_some_and(|r| r.contains("slow consumer")))
+        .filter(|(_, r, ..)| r.as_ref().is_some_and(|r| r.contains("slow consumer")))
         .count();
-    let sent: usize = reasons.iter().flatten().map(|(n, _)| n).sum();
-    format!("4 sockets sent {sent} crdtGets of a 900 KB record without reading: {slow} closed as slow consumers")
+    let sent: usize = reasons.iter().flatten().map(|(n, ..)| n).sum();
+    let last = |f: fn(&Asked) -> Duration| {
+        reasons
+            .iter()
+            .flatten()
+            .map(f)
+            .max()
+            .unwrap_or_default()
+            .as_secs_f64()
+    };
+    format!(
+        "4 sockets sent {sent} crdtGets of a 900 KB record without reading (by {:.2} s): {slow} closed as slow consumers (by {:.2} s)",
+        last(|r| r.2),
+        last(|r| r.3)
+    )
 }
 
 /// 50,000 keys stored (4 writers), so `query ""` has them all to list.
@@ -1200,7 +1228,7 @@ fn run(a: &Attack, config: &Config, bound: f64) {
     let p99 = pct(l, 0.99);
     let ok = |b: bool| if b { "yes" } else { "NO" };
     println!(
-        "{:<16} {:>5} {:>6.1} {:>6.1} {:>7.1} {:>4} | {:>6.1} {:>6.1} {:>6.1} | {:>6} | {:>4} {:>4} | {secs:>5.1} s  {note}{}",
+        "{:<16} {:>5} {:>6.1} {:>6.1} {:>7.1} {:>4} | {:>6.1} {:>6.1} {:>6.1} | {:>6} | {:>4} {:>4} | {secs:>5.1} s  {note}{}{}",
         a.name,
         l.len(),
         pct(l, 0.5),
@@ -1215,7 +1243,17 @@ fn run(a: &Attack, config: &Config, bound: f64) {
         ok(peak < bound),
         report
             .closed
-            .map_or(String::new(), |r| format!("; HONEST CLIENT CLOSED: {r}"))
+            .map_or(String::new(), |r| format!("; HONEST CLIENT CLOSED: {r}")),
+        if std::env::var("ATTACK_WORST").is_ok() {
+            let w: Vec<String> = report
+                .worst
+                .iter()
+                .map(|(ms, at, put)| format!("{ms:.0} ms at {at:.2} s{}", if *put { " (put)" } else { "" }))
+                .collect();
+            format!("; slowest: {}", w.join(", "))
+        } else {
+            String::new()
+        }
     );
     drop(server);
 }

@@ -827,3 +827,25 @@ async fn an_over_long_key_is_refused_with_an_error_naming_the_limit() {
         "a fresh id: a Tool Db client's listener is not consumed"
     );
 }
+
+/// Pins `record_frame`'s hand-built text (one copy of the record, for big
+/// CRDT answers) to what serialising the wire message gives.
+#[test]
+fn record_frames_are_the_wire_messages_text() {
+    let k = NodeKey::generate(KeyScheme::P256);
+    let rec = sign_record(&k, "k\"ey", &serde_json::json!({"v": "a\u{1}b"}), now_ms());
+    for kind in ["put", "crdtPut"] {
+        let to = vec!["x\"y".to_owned(), "z".to_owned()];
+        let msg = PutData {
+            id: "id\\1".into(),
+            to: to.clone(),
+            data: rec.clone(),
+        };
+        let wire = if kind == "crdtPut" {
+            WireMessage::CrdtPut(msg)
+        } else {
+            WireMessage::Put(msg)
+        };
+        assert_eq!(record_frame(kind, "id\\1", to, &rec), wire.to_text());
+    }
+}
