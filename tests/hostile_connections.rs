@@ -211,6 +211,42 @@ fn log_lines_caused_by_remote_peers_are_budgeted() {
     });
 }
 
+/// Regression: dials to the servers peers list were logged outside the
+/// remote-log budget (attack bench, fake_servers: 3,000 junk servers listed
+/// in pongs, ~1,800 "dial failed" and "giving this endpoint back" lines in
+/// 6 s, against a budget of about 320).
+#[test]
+fn dials_to_servers_peers_listed_share_the_log_budget() {
+    let node = NodeProc::start(&[]);
+    let t = Instant::now();
+    let junk = attacks::junk_servers(1000, TOPIC, 20_000);
+    let _listers: Vec<RawPeer> = junk
+        .chunks(250)
+        .map(|chunk| {
+            let (mut p, _) = RawPeer::client(node.port);
+            let cid = p.client_id.clone();
+            p.send(&attacks::pong_listing(&cid, chunk));
+            p
+        })
+        .collect();
+    // Many listed endpoints dialed and refused (nothing listens there).
+    wait_for("the junk endpoints dialed", Duration::from_secs(60), || {
+        let (_, body) = http_get(node.port, "/status.json")?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        (v["metrics"]["dial_failures"]["connect"].as_u64()? >= 500).then_some(())
+    });
+    let secs = t.elapsed().as_secs_f64();
+    let lines = node
+        .log()
+        .lines()
+        .filter(|l| l.contains("dial failed") || l.contains("giving this endpoint back"))
+        .count();
+    // A burst of 200, then 20 a second, shared with every other such line.
+    let allowed = 200 + (secs * 20.0).ceil() as usize;
+    eprintln!("dials of listed junk servers: {lines} lines in {secs:.1} s");
+    assert!(lines <= allowed, "{lines} lines in {secs:.1} s");
+}
+
 #[test]
 fn megabyte_message_ids_are_refused_and_kept_nowhere() {
     let node = NodeProc::start(&[]);
