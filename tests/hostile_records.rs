@@ -53,20 +53,8 @@ fn a_victims_record_replayed_under_another_key_is_refused() {
 #[test]
 fn a_crdt_put_whose_changes_do_not_hash_to_its_signature_is_refused() {
     let node = NodeProc::start(&[]);
-    let (mut owner, _) = RawPeer::client(node.port);
-    let a = owner.key.address().to_owned();
-    let changes = json!([{"t":"SET","a":a,"k":"admin","v":false,"i":1}]);
-    let rec = sign_record_with(
-        &owner.key,
-        "doc",
-        &changes,
-        now_ms(),
-        Some(CrdtKind::Map),
-        0,
-    );
-    let record: Value = serde_json::from_str(rec.raw()).unwrap();
-    owner.send(&json!({"type":"crdtPut","id":new_message_id(),"to":[],"data":record}));
-    owner.wait_value("doc", &changes);
+    let (record, changes) = owner_doc(&node);
+    let a = changes[0]["a"].clone();
     let (mut attacker, _) = RawPeer::client(node.port);
     let injected = attacks::forged_changes(
         &record,
