@@ -254,12 +254,16 @@ fn a_certificate_is_obtained_served_without_sni_and_renewed_at_half_its_lifetime
         log.matches("ACME certificate obtained").count() >= 2,
         "{log}"
     );
-    // Both orders were validated (the node answers tls-alpn-01 only).
+    // The node answered a tls-alpn-01 challenge (it offers no other
+    // here). Only the first order must: a CA may reuse the still valid
+    // authorization for the renewal (Let's Encrypt does; Debian's Pebble
+    // did so once in CI despite PEBBLE_AUTHZREUSE=0), and the renewal is
+    // proved by the second certificate above.
     let validated = pebble
         .log()
         .matches("set VALID by completed challenge")
         .count();
-    assert!(validated >= 2, "{}", pebble.log());
+    assert!(validated >= 1, "{}", pebble.log());
 }
 
 /// Also: the real npm tool-db client over wss on the ACME certificate.
