@@ -16,12 +16,30 @@ use crate::record::{wins, Record, RecordError, RecordMeta};
 pub const RECORDS_TREE: &str = "records";
 /// The peer book: server address → its newest verified peer record.
 pub const PEERS_TREE: &str = "peers";
-/// Record signature → the key it was first stored under. Tool Db's hash
-/// does not cover `k`, so without this a signed record could be replayed
-/// under any other key of its author's (or a global one). Bound by `s`, not
-/// `h`: one value written to two keys in one millisecond has one `h`, but
-/// Tool Db's P-256 signatures (WebCrypto) are randomised, so two `s`.
-pub const BINDINGS_TREE: &str = "bindings";
+/// Record signature (its `binding_key`) → the key it was first stored
+/// under. Tool Db's hash does not cover `k`, so without this a signed record
+/// could be replayed under any other key of its author's (or a global one).
+/// Bound by `s`, not `h`: one value written to two keys in one millisecond
+/// has one `h`, but Tool Db's P-256 signatures (WebCrypto) are randomised,
+/// so two `s`.
+pub const BINDINGS_TREE: &str = "sig_bindings";
+/// The same map keyed by the whole signature text (128-132 bytes), as
+/// builds before `sig_bindings` kept it; moved over once at open.
+pub const LEGACY_BINDINGS_TREE: &str = "bindings";
+
+/// The bindings tree's key for a signature: 16 bytes of its SHA-256. Every
+/// put inserts one random key into that tree, and sled copies a leaf's keys
+/// whenever it rewrites it: with the signature text as key this insert was
+/// 80% of a put's storage time (`versus_js` under perf), 10% of its CPU.
+/// 128 bits keep accidental collisions out of reach; a chosen one would
+/// need a second preimage of someone else's signature.
+fn binding_key(sig: &str) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(sig.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
 /// CRDT key → its `crdt::Kept` (the signed change lists its merged set in
 /// `RECORDS_TREE` is derived from). A CRDT key without an entry was stored
 /// before this tree existed: its merged set is read as `Kept::from_legacy`
@@ -33,6 +51,34 @@ pub const CRDT_TREE: &str = "crdt_lists";
 /// converge on the older write; beyond it the holder keeps the key (else a
 /// write signed with `t = 1` would take any frozen key for ever).
 pub const FROZEN_TAKEOVER_WINDOW_MS: u64 = 60_000;
+
+/// Moves the bindings of an older build (keyed by the signature text) into
+/// `bindings` under their `binding_key`, then drops the old tree; flushed
+/// before the drop, so a crash in between only repeats the move.
+fn migrate_bindings(db: &sled::Db, bindings: &sled::Tree) -> Result<(), StorageError> {
+    if !db
+        .tree_names()
+        .iter()
+        .any(|n| n == LEGACY_BINDINGS_TREE.as_bytes())
+    {
+        return Ok(());
+    }
+    let legacy = db.open_tree(LEGACY_BINDINGS_TREE)?;
+    let mut moved = 0usize;
+    for entry in legacy.iter() {
+        let (sig, key) = entry?;
+        let sig = String::from_utf8_lossy(&sig);
+        bindings.insert(binding_key(&sig), key)?;
+        moved += 1;
+    }
+    bindings.flush()?;
+    drop(legacy);
+    db.drop_tree(LEGACY_BINDINGS_TREE)?;
+    if moved > 0 {
+        tracing::info!(moved, "moved record bindings to the compact tree");
+    }
+    Ok(())
+}
 
 #[derive(Clone)]
 pub struct Storage {
@@ -59,6 +105,7 @@ impl Storage {
         let records = db.open_tree(RECORDS_TREE)?;
         let peers = db.open_tree(PEERS_TREE)?;
         let bindings = db.open_tree(BINDINGS_TREE)?;
+        migrate_bindings(&db, &bindings)?;
         let crdt = db.open_tree(CRDT_TREE)?;
         Ok(Storage {
             db,
@@ -80,7 +127,7 @@ impl Storage {
     /// belongs to.
     fn bind(&self, record: &Record) -> Result<Option<RecordError>, StorageError> {
         let cas = self.bindings.compare_and_swap(
-            record.sig.as_bytes(),
+            binding_key(&record.sig),
             None as Option<&[u8]>,
             Some(record.key.as_bytes()),
         )?;
@@ -681,6 +728,38 @@ mod tests {
         assert!(s.get(&settings_key).unwrap().is_none());
         // The same record under its own key again is fine (a relay).
         assert!(!matches!(s.store(post).unwrap(), StoreOutcome::Refused(_)));
+    }
+
+    /// A database of a build that kept bindings by signature text: they
+    /// still refuse a replay after the upgrade, and the old tree is gone.
+    #[test]
+    fn bindings_of_an_older_build_still_refuse_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = NodeKey::generate(KeyScheme::P256);
+        let post_key = format!(":{}.post", victim.address());
+        let post = sign_record(&victim, &post_key, &json!("hello"), now_ms());
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let legacy = db.open_tree(LEGACY_BINDINGS_TREE).unwrap();
+            legacy
+                .insert(post.sig.as_bytes(), post_key.as_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let db = crate::durability::open_database(dir.path()).unwrap();
+        let s = Storage::new(db.clone(), true).unwrap();
+        assert!(!db
+            .tree_names()
+            .iter()
+            .any(|n| n == LEGACY_BINDINGS_TREE.as_bytes()));
+        let mut v: Value = serde_json::from_str(post.raw()).unwrap();
+        v["k"] = json!(format!(":{}.settings", victim.address()));
+        let replayed = Record::parse_str(&v.to_string()).unwrap();
+        let out = s.store(replayed).unwrap();
+        assert!(
+            matches!(&out, StoreOutcome::Refused(RecordError::Rekeyed { first, .. }) if *first == post_key),
+            "{out:?}"
+        );
     }
 
     #[test]
