@@ -48,7 +48,7 @@ pub enum CrdtOutcome {
 }
 
 #[derive(Message, Debug)]
-#[rtype(result = "Result<Option<Record>, StorageError>")]
+#[rtype(result = "Result<Option<std::sync::Arc<Record>>, StorageError>")]
 pub struct GetRecord {
     pub key: String,
 }

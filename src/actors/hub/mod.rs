@@ -925,7 +925,7 @@ impl Hub {
                             && record.crdt.is_some()
                             && act.conns.get(conn).is_some_and(|c| c.offers_crdt_lists()) =>
                     {
-                        act.send_crdt_lists(conn, id, record.key, ctx);
+                        act.send_crdt_lists(conn, id, record.key.clone(), ctx);
                     }
                     Ok(Ok(Some(record))) => {
                         act.sent.mark(&sender, &record.hash);
