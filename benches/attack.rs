@@ -1155,6 +1155,15 @@ fn rss_bound(l: &Limits, cache_mib: u64) -> (f64, String) {
             l.max_subscription_bytes as f64 / MIB,
             "max_subscription_bytes".to_owned(),
         ),
+        (
+            l.total_output_bytes as f64 / MIB,
+            "total_output_bytes".to_owned(),
+        ),
+        // The memo's texts and their parses.
+        (
+            2.0 * tooldb_node::actors::storage::SHARED_BYTES as f64 / MIB,
+            "parsed-record memo".to_owned(),
+        ),
         (cache_mib as f64, "storage.cache_mib".to_owned()),
     ];
     let total = parts.iter().map(|p| p.0).sum();

@@ -123,6 +123,10 @@ pub struct Limits {
     /// Output pending to one peer, in bytes, past which it counts as not
     /// reading and is closed as a slow consumer.
     pub max_pending_output_bytes: usize,
+    /// Answers to reads (get, crdtGet, query) pending to all peers
+    /// together, in bytes: past it answers wait for room, and peers whose
+    /// output makes no progress meanwhile are closed as slow consumers.
+    pub total_output_bytes: usize,
     /// Output pending to one peer past which it is congested: its own
     /// frames are not read meanwhile, and a congested server link pauses
     /// the intake of client work until it drains to half of this.
@@ -364,6 +368,7 @@ impl Default for Limits {
             connection_window_bytes: 2 << 20,
             total_window_bytes: 64 << 20,
             max_pending_output_bytes: 8 << 20,
+            total_output_bytes: 64 << 20,
             output_high_water_bytes: 1 << 20,
             write_timeout_secs: 30,
             max_subscriptions_per_client: 10_000,

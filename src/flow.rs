@@ -130,6 +130,147 @@ impl Credit {
     }
 }
 
+/// Answers of this size or more are big: they may not take the budget's
+/// last `BIG_HEADROOM` bytes, which stay for small answers (so an honest
+/// get is not held up behind a flood of reads of a big record).
+pub const BIG_ANSWER_BYTES: usize = 64 * 1024;
+/// Share of the output budget only small answers may use.
+pub const BIG_HEADROOM: usize = 1 << 20;
+
+/// Bytes of answers to reads (get, crdtGet, query) pending in all outboxes
+/// together. Each per-connection outbox is bounded too, but thousands of
+/// askers that never read would each hold their own limit; answers wait
+/// here for room instead, holding their request's credit, so the asker's
+/// window fills and its socket stops being read. The hub closes holders
+/// that make no progress while others wait (`Hub::reclaim_output`).
+#[derive(Clone, Debug)]
+pub struct OutputBudget {
+    inner: Arc<OutputShared>,
+}
+
+#[derive(Debug)]
+struct OutputShared {
+    limit: usize,
+    used: std::sync::atomic::AtomicUsize,
+    /// Answers waiting for room now.
+    waiting: std::sync::atomic::AtomicUsize,
+    freed: Notify,
+}
+
+impl OutputBudget {
+    pub fn new(limit: usize) -> OutputBudget {
+        OutputBudget {
+            inner: Arc::new(OutputShared {
+                limit: limit.max(1),
+                used: Default::default(),
+                waiting: Default::default(),
+                freed: Notify::new(),
+            }),
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.inner.limit
+    }
+
+    /// Bytes reserved now.
+    pub fn used(&self) -> usize {
+        self.inner.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Answers waiting for room now.
+    pub fn waiting(&self) -> usize {
+        self.inner
+            .waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn try_reserve(&self, len: usize) -> Option<Reservation> {
+        use std::sync::atomic::Ordering;
+        let cap = if len >= BIG_ANSWER_BYTES {
+            self.inner.limit.saturating_sub(BIG_HEADROOM)
+        } else {
+            self.inner.limit
+        };
+        let mut used = self.inner.used.load(Ordering::Relaxed);
+        loop {
+            // One answer always fits in an empty budget.
+            if used > 0 && used + len > cap {
+                return None;
+            }
+            match self.inner.used.compare_exchange_weak(
+                used,
+                used + len,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Some(Reservation {
+                        budget: self.clone(),
+                        len,
+                        waited: false,
+                    })
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// `len` bytes of the budget, once there is room.
+    pub fn reserve(&self, len: usize) -> impl Future<Output = Reservation> + Send + 'static {
+        let budget = self.clone();
+        async move {
+            if let Some(r) = budget.try_reserve(len) {
+                return r;
+            }
+            use std::sync::atomic::Ordering;
+            budget.inner.waiting.fetch_add(1, Ordering::Relaxed);
+            let mut r = loop {
+                let freed = budget.inner.freed.notified();
+                tokio::pin!(freed);
+                // Registered before the check, so a release between the
+                // check and the wait is not missed.
+                freed.as_mut().enable();
+                if let Some(r) = budget.try_reserve(len) {
+                    break r;
+                }
+                freed.await;
+            };
+            budget.inner.waiting.fetch_sub(1, Ordering::Relaxed);
+            r.waited = true;
+            r
+        }
+    }
+}
+
+/// Bytes of the output budget held by one queued answer; given back when
+/// its frame goes to the socket or is dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: OutputBudget,
+    len: usize,
+    waited: bool,
+}
+
+impl Reservation {
+    /// Whether it had to wait for room (a backpressure pause).
+    pub fn waited(&self) -> bool {
+        self.waited
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let inner = &self.budget.inner;
+        inner
+            .used
+            .fetch_sub(self.len, std::sync::atomic::Ordering::AcqRel);
+        if inner.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            inner.freed.notify_waiters();
+        }
+    }
+}
+
 /// A frame stream that stops reading while its connection has no credit
 /// left, or while its own output is congested (it asks faster than it
 /// reads). Yields each item with the credit it took.
@@ -256,7 +397,8 @@ impl Default for OutboxLimits {
 }
 
 enum Out {
-    Text(ByteString),
+    /// A text frame, and the output budget it holds while queued.
+    Text(ByteString, Option<Reservation>),
     Ping,
     Pong(bytes::Bytes),
 }
@@ -275,6 +417,9 @@ struct OutboxState {
     reader: Option<Waker>,
     /// Called once output falls to half the high-water mark.
     on_drained: Option<Box<dyn FnOnce() + Send>>,
+    /// When the writer last took a frame, or the queue last became
+    /// non-empty: how long a non-empty queue has made no progress.
+    progress: std::time::Instant,
 }
 
 /// A connection's pending output, bounded in bytes. Cheap to clone.
@@ -307,6 +452,7 @@ impl Outbox {
                 gate_reads: true,
                 reader: None,
                 on_drained: None,
+                progress: std::time::Instant::now(),
             })),
             writer: Arc::new(Notify::new()),
             limits,
@@ -332,6 +478,16 @@ impl Outbox {
     /// Queues a text frame. Refused (and nothing queued) when the pending
     /// output would pass the limit: the caller closes the slow consumer.
     pub fn push(&self, text: ByteString) -> Result<(), OutboxError> {
+        self.push_held(text, None)
+    }
+
+    /// `push`, the frame holding `held` of the node's output budget until
+    /// the writer takes it.
+    pub fn push_held(
+        &self,
+        text: ByteString,
+        held: Option<Reservation>,
+    ) -> Result<(), OutboxError> {
         let mut s = self.lock();
         if s.closed || s.close.is_some() {
             return Err(OutboxError::Closed);
@@ -347,7 +503,10 @@ impl Outbox {
         if s.bytes > self.limits.high_water {
             s.congested = true;
         }
-        s.queue.push_back(Out::Text(text));
+        if s.queue.is_empty() {
+            s.progress = std::time::Instant::now();
+        }
+        s.queue.push_back(Out::Text(text, held));
         drop(s);
         self.writer.notify_one();
         Ok(())
@@ -434,6 +593,17 @@ impl Outbox {
         self.lock().bytes
     }
 
+    /// How long pending output has waited with the writer taking none
+    /// (zero when nothing is pending).
+    pub fn stalled_for(&self) -> Duration {
+        let s = self.lock();
+        if s.bytes == 0 {
+            Duration::ZERO
+        } else {
+            s.progress.elapsed()
+        }
+    }
+
     pub fn is_congested(&self) -> bool {
         self.lock().congested
     }
@@ -478,7 +648,7 @@ impl Outbox {
         let mut kept = VecDeque::new();
         while let Some(o) = s.queue.pop_front() {
             match o {
-                Out::Text(t) => out.push(t),
+                Out::Text(t, _) => out.push(t),
                 other => kept.push_back(other),
             }
         }
@@ -509,8 +679,9 @@ impl Outbox {
                         s.queue = VecDeque::new();
                     }
                     let msg = match out {
-                        Out::Text(t) => {
+                        Out::Text(t, _held) => {
                             s.bytes -= t.len();
+                            s.progress = std::time::Instant::now();
                             if s.congested && s.bytes <= self.limits.high_water / 2 {
                                 Self::uncongest(&mut s);
                             }
@@ -606,6 +777,58 @@ mod tests {
             limit,
             write_timeout: Duration::from_secs(1),
         }
+    }
+
+    #[actix_rt::test]
+    async fn answers_wait_for_output_room_and_small_ones_keep_headroom() {
+        let budget = OutputBudget::new(BIG_HEADROOM + 2 * BIG_ANSWER_BYTES);
+        let big = BIG_ANSWER_BYTES;
+        let a = budget.reserve(big).await;
+        let b = budget.reserve(big).await;
+        assert!(!a.waited() && !b.waited());
+        // A third big answer would eat into the headroom: it waits...
+        let third = actix_rt::spawn(budget.reserve(big));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while budget.waiting() == 0 {
+            assert!(std::time::Instant::now() < deadline, "never waited");
+            tokio::task::yield_now().await;
+        }
+        // ...while small ones still fit, up to the whole budget.
+        let small = budget.reserve(BIG_ANSWER_BYTES - 1).await;
+        assert!(!small.waited());
+        assert_eq!(budget.used(), 3 * big - 1);
+        // A frame queued holds its room until the writer takes it.
+        let outbox = Outbox::new(limits(1 << 30, 1 << 30));
+        outbox
+            .push_held(ByteString::from("x"), Some(a))
+            .expect("pushed");
+        assert_eq!(budget.used(), 3 * big - 1);
+        assert!(outbox.next().await.is_some());
+        assert_eq!(budget.used(), 2 * big - 1);
+        // Still no room for a big one outside the headroom, until:
+        drop(small);
+        let third = tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("woken when room was freed")
+            .unwrap();
+        assert!(third.waited());
+        assert_eq!(budget.waiting(), 0);
+        drop((b, third));
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn pending_output_counts_as_stalled_until_the_writer_takes_some() {
+        let outbox = Outbox::new(limits(1 << 20, 1 << 20));
+        assert_eq!(outbox.stalled_for(), Duration::ZERO);
+        outbox.push(ByteString::from("a")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while outbox.stalled_for() < Duration::from_millis(20) {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        outbox.take_texts();
+        assert_eq!(outbox.stalled_for(), Duration::ZERO);
     }
 
     #[test]

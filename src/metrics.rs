@@ -124,6 +124,8 @@ label_enum! {
         OutputCongested => "output_congested",
         /// A server link is congested: client work waits.
         ServerLinkCongested => "server_link_congested",
+        /// An answer waited for room in the node's output budget.
+        OutputBudget => "output_budget",
     }
 }
 

@@ -196,10 +196,22 @@ fn a_crdt_key_cannot_grow_past_the_record_limit() {
     eprintln!("crdt growth: RSS +{grown} MiB");
 }
 
-#[test]
-fn repeated_crdt_gets_cost_the_asker_its_connection_not_the_node_memory() {
-    let node = NodeProc::start(&[]);
-    let (mut writer, _) = RawPeer::client(node.port);
+/// A peer that stops reading is closed as a slow consumer once its
+/// pending output passes a limit, or, if it asked for less than that
+/// before its reading paused (1 MiB of output pending pauses it), when
+/// its writer makes no progress for the write timeout; 5 s here, not 30.
+const FAST_WRITE_TIMEOUT: (&str, &str) = ("TOOLDB_LIMITS__WRITE_TIMEOUT_SECS", "5");
+
+/// Peers closed for not reading, by either rule.
+fn closed_non_readers(log: &str) -> usize {
+    log.matches("closing: slow consumer").count()
+        + log.matches("closing: writes made no progress").count()
+}
+
+/// Stores a CRDT record of ~900 KB under "fat" (through a client of
+/// `port`) and waits until a crdtGet answers it.
+fn store_fat_record(port: u16) {
+    let (mut writer, _) = RawPeer::client(port);
     let a = writer.key.address().to_owned();
     let changes: Vec<Value> = (0..90)
         .map(|i| json!({"t":"SET","a":a,"k":format!("f{i}"),"v":"x".repeat(10_000),"i":i}))
@@ -223,6 +235,12 @@ fn repeated_crdt_gets_cost_the_asker_its_connection_not_the_node_memory() {
             .any(|v| v["id"] == id.as_str())
             .then_some(())
     });
+}
+
+#[test]
+fn repeated_crdt_gets_cost_the_asker_its_connection_not_the_node_memory() {
+    let node = NodeProc::start_env(&[], &[FAST_WRITE_TIMEOUT]);
+    store_fat_record(node.port);
     let pid = node.child.id();
     let before = rss_kib(pid);
     // 2,000 crdtGets (under 200 KB of requests) for ~900 KB answers each,
@@ -243,12 +261,66 @@ fn repeated_crdt_gets_cost_the_asker_its_connection_not_the_node_memory() {
     }
     let p99 = p99_get_ms(node.port, 100);
     wait_for("the asker closed", Duration::from_secs(60), || {
-        node.log().contains("closing: slow consumer").then_some(())
+        (closed_non_readers(&node.log()) > 0).then_some(())
     });
     // After the answers it asked for were made (and refused).
     let grown = rss_kib(pid).saturating_sub(before) / 1024;
     eprintln!("crdtGet amplification: RSS +{grown} MiB, good client p99 {p99:.1} ms");
     assert!(grown < 64, "RSS grew {grown} MiB");
+}
+
+/// Peak RSS of a process so far, KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn many_askers_that_never_read_share_the_node_output_budget() {
+    // Each asker alone stays under its own limit; 24 of them would hold
+    // ~300 MiB of copies of a 900 KB answer without a node-wide bound.
+    let node = NodeProc::start_env(
+        &[],
+        &[
+            ("TOOLDB_LIMITS__TOTAL_OUTPUT_BYTES", "16777216"),
+            // Each asker's own limit far above what it asks for.
+            ("TOOLDB_LIMITS__MAX_PENDING_OUTPUT_BYTES", "67108864"),
+            FAST_WRITE_TIMEOUT,
+        ],
+    );
+    store_fat_record(node.port);
+    let pid = node.child.id();
+    let before = peak_rss_kib(pid).max(rss_kib(pid));
+    // All connected first, then each asks 20 times (18 MB: the kernel's
+    // socket buffers take ~5 MB of it), in rounds, so their answers
+    // compete for the budget.
+    let mut askers: Vec<RawPeer> = (0..24).map(|_| RawPeer::client(node.port).0).collect();
+    for i in 0..20 {
+        for (a, asker) in askers.iter_mut().enumerate() {
+            let id = format!("a{a}g{i}");
+            asker.send(&json!({"type":"crdtGet","id":id,"to":[],"key":"fat"}));
+        }
+    }
+    // Small answers keep their headroom: a good client is served meanwhile.
+    let p99 = p99_get_ms(node.port, 100);
+    wait_for("every asker closed", Duration::from_secs(60), || {
+        (closed_non_readers(&node.log()) >= askers.len()).then_some(())
+    });
+    let grown = peak_rss_kib(pid).saturating_sub(before) / 1024;
+    eprintln!("24 non-reading askers: peak RSS +{grown} MiB, good client p99 {p99:.1} ms");
+    let log = node.log();
+    assert!(
+        log.contains("total_output_bytes 16777216"),
+        "askers below their own limit are closed naming the node's: {log}"
+    );
+    // The budget (16 MiB), the shared parse (4 MiB), and per asker the
+    // frame its writer is sending (out of the budget once taken).
+    assert!(grown < 80, "peak RSS grew {grown} MiB");
+    drop(askers);
 }
 
 #[test]

@@ -46,7 +46,7 @@ use crate::actors::storage::Storage;
 use crate::bounded::{BoundedSet, ExpiringMap};
 use crate::config::Limits;
 use crate::durability::Durability;
-use crate::flow::{Credit, OutboxError};
+use crate::flow::{Credit, OutboxError, OutputBudget, Reservation};
 use crate::messages::connection::CloseConnection;
 use crate::messages::crypto::{SignPeer, VerifyRecord, VerifyServers};
 use crate::messages::hub::*;
@@ -102,6 +102,14 @@ where
         hub.do_send(Resume(Box::new(move |act, ctx| then(act, out, ctx))));
     });
 }
+
+/// How long a peer's pending output may go untaken, while answers wait
+/// for room in the node's output budget, before it is closed as a slow
+/// consumer. An honest peer on a slow link takes a frame every few seconds
+/// at worst; 2 s of nothing is a peer that stopped reading.
+const OUTPUT_STALL: Duration = Duration::from_secs(2);
+/// How often the output budget is checked for stalled holders.
+const RECLAIM_EVERY: Duration = Duration::from_millis(250);
 
 /// How often expired requests and long-gone clients are cleaned up.
 const CLEANUP_EVERY: Duration = Duration::from_secs(30);
@@ -200,6 +208,8 @@ pub struct Hub {
     congested: HashSet<ConnId>,
     /// Client credit held back while a server link is congested.
     deferred: Vec<Credit>,
+    /// Answers to reads pending in all outboxes (`reclaim_output`).
+    output: OutputBudget,
     /// Records a reconciliation still owes a server link.
     backlog: HashMap<ConnId, VecDeque<Record>>,
     registry: Option<RegistryLink>,
@@ -231,6 +241,7 @@ impl Hub {
         let servers = KnownServers::new(l.max_known_servers, l.pong_max_servers);
         let mut functions: HashMap<&'static str, ServerFunction> = HashMap::new();
         functions.insert("peers", fn_peers);
+        let output = OutputBudget::new(l.total_output_bytes);
         Hub {
             settings,
             storage,
@@ -246,6 +257,7 @@ impl Hub {
             pipelines: HashMap::new(),
             congested: HashSet::new(),
             deferred: Vec::new(),
+            output,
             backlog: HashMap::new(),
             registry: None,
             durability: Durability::off(),
@@ -298,10 +310,18 @@ impl Hub {
     /// as a slow consumer; a server link past its high-water mark is
     /// marked congested (client intake pauses until it drains).
     fn send_to_conn(&mut self, conn: ConnId, text: ByteString) {
+        self.send_held(conn, text, None)
+    }
+
+    /// `send_to_conn` of an answer holding room in the output budget.
+    fn send_held(&mut self, conn: ConnId, text: ByteString, held: Option<Reservation>) {
+        if held.as_ref().is_some_and(|h| h.waited()) {
+            self.metrics.backpressure_pauses.inc(Pause::OutputBudget);
+        }
         let Some(c) = self.conns.get(conn) else {
             return;
         };
-        match c.handle.outbox.push(text) {
+        match c.handle.outbox.push_held(text, held) {
             Ok(()) => {
                 if c.is_server && c.handle.outbox.is_congested() {
                     self.watch_drain(conn);
@@ -316,6 +336,45 @@ impl Hub {
                     .close
                     .do_send(CloseConnection::policy(reason).because(CloseCause::SlowConsumer));
             }
+        }
+    }
+
+    /// While answers wait for room in the output budget, closes the client
+    /// peers holding the most of it whose output has made no progress for
+    /// `OUTPUT_STALL` (they do not read), until half the budget is free.
+    /// Server links are left to their own limits: closing a busy server
+    /// would cut the network, and there are few of them.
+    fn reclaim_output(&mut self) {
+        if self.output.waiting() == 0 {
+            return;
+        }
+        let mut stalled: Vec<(usize, ConnId)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.is_server)
+            .filter(|(_, c)| c.handle.outbox.stalled_for() >= OUTPUT_STALL)
+            .map(|(id, c)| (c.handle.outbox.pending_bytes(), *id))
+            .collect();
+        stalled.sort_unstable_by(|a, b| b.cmp(a));
+        let mut excess = self.output.used().saturating_sub(self.output.limit() / 2);
+        for (pending, conn) in stalled {
+            if excess == 0 {
+                break;
+            }
+            excess = excess.saturating_sub(pending);
+            let Some(c) = self.conns.get(conn) else {
+                continue;
+            };
+            let reason = format!(
+                "slow consumer: no output taken for {} s while the node's output is full (total_output_bytes {})",
+                OUTPUT_STALL.as_secs(),
+                self.output.limit()
+            );
+            crate::remote_log!(warn, client = %c.client_id, pending, "closing: {reason}");
+            c.handle.outbox.close(CloseCode::Policy, &reason);
+            c.handle
+                .close
+                .do_send(CloseConnection::policy(reason).because(CloseCause::SlowConsumer));
         }
     }
 
@@ -902,6 +961,7 @@ impl Hub {
         let storage = self.storage.clone();
         let durability = self.durability.clone();
         let (key, id) = (req.key.clone(), req.id.clone());
+        let (output, id_len) = (self.output.clone(), id.len());
         let Some(slots) = self.conns.get(conn).map(|c| c.reads.0.clone()) else {
             return drop(credit);
         };
@@ -912,10 +972,16 @@ impl Hub {
                 let slot = slots.acquire_owned().await.ok()?;
                 let read = storage.send(GetRecord { key }).await;
                 durability.synced().await;
-                Some((read, slot))
+                // Room for the answer before it is made (the read holds
+                // only the shared parse meanwhile, and its credit).
+                let held = match &read {
+                    Ok(Ok(Some(r))) => Some(output.reserve(answer_bytes(r, id_len)).await),
+                    _ => None,
+                };
+                Some((read, slot, held))
             },
             move |act, res, ctx| {
-                let Some((res, _slot)) = res else {
+                let Some((res, _slot, held)) = res else {
                     return drop(credit);
                 };
                 match res {
@@ -930,7 +996,7 @@ impl Hub {
                     Ok(Ok(Some(record))) => {
                         act.sent.mark(&sender, &record.hash);
                         let text = record_frame(kind, &id, act.own_to(), &record);
-                        act.send_to_conn(conn, text.into());
+                        act.send_held(conn, text.into(), held);
                     }
                     Ok(Ok(None)) => missing(act),
                     Ok(Err(e)) => tracing::error!(error = %e, "read failed"),
@@ -1004,6 +1070,7 @@ impl Hub {
             return drop(credit);
         };
         let lane = self.scan_lane.clone();
+        let output = self.output.clone();
         resume_after(
             ctx,
             async move {
@@ -1022,16 +1089,24 @@ impl Hub {
                         max_bytes,
                     })
                     .await;
-                Some((page, slot, scan))
+                drop(scan);
+                let held = match &page {
+                    Ok(Ok(p)) => {
+                        let keys: usize = p.keys.iter().map(|k| k.len() + 3).sum();
+                        Some(output.reserve(keys + 512).await)
+                    }
+                    _ => None,
+                };
+                Some((page, slot, held))
             },
             move |act, res, _| {
-                let Some((res, _slot, _scan)) = res else {
+                let Some((res, _slot, held)) = res else {
                     return drop(credit);
                 };
                 match res {
                     Ok(Ok(page)) => {
                         let text = act.query_ack(&req, page);
-                        act.send_to_conn(conn, text.into());
+                        act.send_held(conn, text.into(), held);
                     }
                     Ok(Err(e)) => tracing::error!(error = %e, "query failed"),
                     Err(e) => tracing::error!(error = %e, "storage pool unreachable"),
@@ -1155,6 +1230,12 @@ impl Hub {
 /// serialised, three passes over it in the hub's one thread, and a crdtGet
 /// flood of a 900 KB record kept an honest get waiting behind them (attack
 /// bench crdt_get, p99 over 100 ms). Same text as `WireMessage::to_text`.
+/// What an answer carrying `record` will take of the output budget: the
+/// record, its request id and the frame around them.
+fn answer_bytes(record: &Record, id_len: usize) -> usize {
+    record.raw().len() + id_len + 256
+}
+
 fn record_frame(kind: &str, id: &str, to: Vec<String>, record: &Record) -> String {
     let kind = if kind == "crdtPut" { "crdtPut" } else { "put" };
     let id = serde_json::to_string(id).expect("strings serialise");
@@ -1189,6 +1270,7 @@ impl Actor for Hub {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.me = Some(ctx.address());
         ctx.run_interval(CLEANUP_EVERY, |act, _| act.cleanup());
+        ctx.run_interval(RECLAIM_EVERY, |act, _| act.reclaim_output());
         // (ForgetGoneClients runs the same cleanup on demand.)
         let every = Duration::from_secs(self.settings.reconcile_every_secs.max(1));
         ctx.run_interval(every, |act, ctx| {
