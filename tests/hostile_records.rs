@@ -269,16 +269,6 @@ fn repeated_crdt_gets_cost_the_asker_its_connection_not_the_node_memory() {
     assert!(grown < 64, "RSS grew {grown} MiB");
 }
 
-/// Peak RSS of a process so far, KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn many_askers_that_never_read_share_the_node_output_budget() {
     // Each asker alone stays under its own limit; 24 of them would hold
