@@ -357,6 +357,11 @@ impl Hub {
             .collect();
         stalled.sort_unstable_by(|a, b| b.cmp(a));
         let mut excess = self.output.used().saturating_sub(self.output.limit() / 2);
+        let reason = format!(
+            "slow consumer: no output taken for {} s while the node's output is full (total_output_bytes {})",
+            OUTPUT_STALL.as_secs(),
+            self.output.limit()
+        );
         for (pending, conn) in stalled {
             if excess == 0 {
                 break;
@@ -365,11 +370,7 @@ impl Hub {
             let Some(c) = self.conns.get(conn) else {
                 continue;
             };
-            let reason = format!(
-                "slow consumer: no output taken for {} s while the node's output is full (total_output_bytes {})",
-                OUTPUT_STALL.as_secs(),
-                self.output.limit()
-            );
+            let reason = reason.clone();
             crate::remote_log!(warn, client = %c.client_id, pending, "closing: {reason}");
             c.handle.outbox.close(CloseCode::Policy, &reason);
             c.handle
@@ -1225,17 +1226,17 @@ impl Hub {
     }
 }
 
-/// `{"type":kind,"id":id,"to":[..],"data":record}` with the record's raw
-/// text, copied once: through `PutData` the record was cloned and then
-/// serialised, three passes over it in the hub's one thread, and a crdtGet
-/// flood of a 900 KB record kept an honest get waiting behind them (attack
-/// bench crdt_get, p99 over 100 ms). Same text as `WireMessage::to_text`.
 /// What an answer carrying `record` will take of the output budget: the
 /// record, its request id and the frame around them.
 fn answer_bytes(record: &Record, id_len: usize) -> usize {
     record.raw().len() + id_len + 256
 }
 
+/// `{"type":kind,"id":id,"to":[..],"data":record}` with the record's raw
+/// text, copied once: through `PutData` the record was cloned and then
+/// serialised, three passes over it in the hub's one thread, and a crdtGet
+/// flood of a 900 KB record kept an honest get waiting behind them (attack
+/// bench crdt_get, p99 over 100 ms). Same text as `WireMessage::to_text`.
 fn record_frame(kind: &str, id: &str, to: Vec<String>, record: &Record) -> String {
     let kind = if kind == "crdtPut" { "crdtPut" } else { "put" };
     let id = serde_json::to_string(id).expect("strings serialise");
